@@ -1,0 +1,76 @@
+"""MostPopular: rank items by how often they occur as next items in the training data.
+
+The trivial baseline every sequential recommender must beat by a wide margin. It has no trainable
+parameter: ``fit`` counts item occurrences (summed across processes under DDP), or
+:meth:`MostPopular.set_counts` takes counts directly, e.g. from
+:meth:`~lightning_rec.datamodules.SequentialRecDataModule.item_popularity`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lightning_rec.data.batches import EvalBatch, TrainBatch
+from lightning_rec.metrics.ranking import FullRankingMetrics
+
+__all__ = ["MostPopular"]
+
+
+class MostPopular(L.LightningModule):
+    """Popularity ranking over ``num_items`` items (indices ``1..num_items``; 0 is padding).
+
+    Ties between equally popular items count against the target (the metrics' pessimistic rule),
+    so the baseline is never flattered by ties.
+    """
+
+    def __init__(self, num_items: int, ks: Sequence[int] = (5, 10, 20), mask_history: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.register_buffer("counts", torch.zeros(num_items + 1))
+        self.test_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)
+        self.val_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)
+
+    def set_counts(self, counts: Tensor) -> None:
+        """``counts (num_items + 1)``: occurrences of each item index."""
+        if counts.shape != self.counts.shape:
+            raise ValueError(f"counts must have shape {tuple(self.counts.shape)}, got {tuple(counts.shape)}")
+        self.counts.copy_(counts)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """``(b n)`` histories -> ``(b i)`` scores: the same popularity row for every user."""
+        return self.counts.expand(input_ids.shape[0], -1)
+
+    def on_train_epoch_start(self) -> None:
+        self.counts.zero_()
+
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> None:
+        targets = batch.target_ids[batch.target_ids > 0]
+        self.counts += torch.bincount(targets, minlength=self.counts.numel()).to(self.counts)
+
+    def on_train_epoch_end(self) -> None:
+        self.counts.copy_(self.trainer.strategy.reduce(self.counts, reduce_op="sum"))
+
+    def configure_optimizers(self) -> None:
+        return None
+
+    def _evaluate(self, batch: EvalBatch, metrics: FullRankingMetrics) -> None:
+        metrics.update(self(batch.input_ids), batch.target, batch.history)
+
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()})
+        self.val_metrics.reset()
+
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
+        self.test_metrics.reset()

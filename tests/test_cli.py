@@ -1,0 +1,55 @@
+"""The ``lightning-rec`` CLI: fit then test from the shipped YAML, with each encoder swapped in."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_rec.cli import main
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "sasrec" / "synthetic.yaml")
+SMALL = [
+    "--data.source.init_args.num_users", "120",
+    "--data.source.init_args.num_items", "80",
+    "--data.source.init_args.num_categories", "6",
+    "--trainer.max_epochs", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["lightning-rec"])
+
+
+@pytest.mark.parametrize("encoder", ["SASRec", "GRU4Rec", "BERT4Rec", "HSTU"])
+def test_fit_then_test_with_the_checkpoint(encoder, tmp_path, monkeypatch, data_cache):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
+    fit = main(["fit", "--config", CONFIG, "--model.encoder", encoder, *SMALL])
+    assert type(fit.model.encoder).__name__ == encoder
+    assert fit.model.encoder.num_items == fit.datamodule.num_items  # linked from the data
+    checkpoint = tmp_path / "outputs" / "sasrec-synthetic" / "checkpoints" / "best.ckpt"
+    assert checkpoint.is_file()
+
+    test = main(
+        ["test", "--config", CONFIG, "--model.encoder", encoder, *SMALL, "--ckpt_path", str(checkpoint)]
+    )
+    metrics = test.trainer.callback_metrics
+    assert {"test/recall@10", "test/ndcg@10", "test/mrr@10"} <= set(metrics)
+    assert all(math.isfinite(float(metrics[k])) and 0 <= float(metrics[k]) <= 1 for k in metrics)
+    # The tested weights are the checkpoint's, not a fresh initialisation.
+    saved = torch.load(checkpoint, weights_only=False)["state_dict"]  # our own file, written above
+    tested = test.model.state_dict()
+    assert saved.keys() == tested.keys()
+    assert all(torch.equal(saved[k], tested[k]) for k in saved)
+
+
+def test_unknown_encoder_is_a_clear_error(tmp_path, monkeypatch, data_cache, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", CONFIG, "--model.encoder", "NoSuchEncoder", *SMALL])
+    assert "NoSuchEncoder" in capsys.readouterr().err
