@@ -21,7 +21,7 @@ import lightning_rec.data
 import lightning_rec.datamodules
 import lightning_rec.modules  # noqa: F401
 
-__all__ = ["LightningRecCLI", "main"]
+__all__ = ["LightningRecCLI", "main", "run_cli"]
 
 
 class LightningRecCLI(LightningCLI):
@@ -33,8 +33,8 @@ class LightningRecCLI(LightningCLI):
         )
 
 
-def main(args: list[str] | None = None) -> LightningRecCLI:
-    """Run the CLI on ``args`` (default: ``sys.argv[1:]``)."""
+def run_cli(args: list[str] | None = None) -> LightningRecCLI:
+    """Run the CLI on ``args`` (default: ``sys.argv[1:]``) and return it (trainer, model, datamodule)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return LightningRecCLI(
         L.LightningModule,
@@ -44,6 +44,11 @@ def main(args: list[str] | None = None) -> LightningRecCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def main() -> None:
+    """The ``lightning-rec`` console script."""
+    run_cli()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_rec.cli import main
+from lightning_rec.cli import run_cli
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "sasrec" / "synthetic.yaml")
 SMALL = [
@@ -28,7 +28,7 @@ def _no_pytest_argv(monkeypatch):
 def test_fit_then_test_with_the_checkpoint(encoder, tmp_path, monkeypatch, data_cache):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
-    fit = main(["fit", "--config", CONFIG, "--model.encoder", encoder, *SMALL])
+    fit = run_cli(["fit", "--config", CONFIG, "--model.encoder", encoder, *SMALL])
     assert type(fit.model.encoder).__name__ == encoder
     assert fit.model.encoder.num_items == fit.datamodule.num_items  # linked from the data
     checkpoint = tmp_path / "outputs" / "sasrec-synthetic" / "checkpoints" / "best.ckpt"
@@ -51,5 +51,5 @@ def test_unknown_encoder_is_a_clear_error(tmp_path, monkeypatch, data_cache, cap
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
     with pytest.raises(SystemExit):
-        main(["fit", "--config", CONFIG, "--model.encoder", "NoSuchEncoder", *SMALL])
+        run_cli(["fit", "--config", CONFIG, "--model.encoder", "NoSuchEncoder", *SMALL])
     assert "NoSuchEncoder" in capsys.readouterr().err

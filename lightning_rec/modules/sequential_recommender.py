@@ -160,7 +160,8 @@ class SequentialRecommender(L.LightningModule):
         self._evaluate(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()}, prog_bar=False)
+        for name, value in self.val_metrics.compute().items():
+            self.log(f"val/{name}", value, prog_bar=name == "ndcg@10")
         self.val_metrics.reset()
 
     def test_step(self, batch: EvalBatch, batch_idx: int) -> None:

@@ -1,0 +1,43 @@
+"""Fit and test SASRec with ``strategy="ddp"`` on 2 CPU processes (run by test_ddp.py, not collected).
+
+Usage: python ddp_sasrec_script.py <cache_dir> <out_dir>. Rank 0 writes ``<out_dir>/ddp.json`` with the
+test metrics and the number of test queries; the checkpoint is ``<out_dir>/last.ckpt``.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lightning_rec.blocks import SASRec as SASRecEncoder
+from lightning_rec.data.synthetic import SyntheticReviews
+from lightning_rec.datamodules import SequentialRecDataModule
+from lightning_rec.modules import SASRec
+
+
+def build(cache_dir: str) -> tuple[SASRec, SequentialRecDataModule]:
+    torch.manual_seed(0)
+    source = SyntheticReviews(num_users=160, num_items=90, num_categories=6, cache_dir=cache_dir)
+    data = SequentialRecDataModule(source=source, cache_dir=cache_dir, max_len=20, batch_size=32, eval_batch_size=16)
+    model = SASRec(encoder=SASRecEncoder(num_items=data.num_items, hidden_size=16, max_len=20), ks=(5, 10))
+    return model, data
+
+
+def main() -> None:
+    cache_dir, out_dir = sys.argv[1], Path(sys.argv[2])
+    torch.set_num_threads(1)
+    model, data = build(cache_dir)
+    trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, data)
+    trainer.save_checkpoint(out_dir / "last.ckpt")
+    metrics = trainer.test(model, data, verbose=False)[0]
+    if trainer.global_rank == 0:
+        result = {"metrics": metrics, "queries": len(data.data.test_positions)}
+        (out_dir / "ddp.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
