@@ -34,7 +34,7 @@ def test_fit_then_test_with_the_checkpoint(encoder, tmp_path, monkeypatch, data_
     checkpoint = tmp_path / "outputs" / "sasrec-synthetic" / "checkpoints" / "best.ckpt"
     assert checkpoint.is_file()
 
-    test = main(
+    test = run_cli(
         ["test", "--config", CONFIG, "--model.encoder", encoder, *SMALL, "--ckpt_path", str(checkpoint)]
     )
     metrics = test.trainer.callback_metrics

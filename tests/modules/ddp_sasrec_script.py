@@ -20,8 +20,14 @@ from lightning_rec.modules import SASRec
 def build(cache_dir: str) -> tuple[SASRec, SequentialRecDataModule]:
     torch.manual_seed(0)
     source = SyntheticReviews(num_users=160, num_items=90, num_categories=6, cache_dir=cache_dir)
-    data = SequentialRecDataModule(source=source, cache_dir=cache_dir, max_len=20, batch_size=32, eval_batch_size=16)
-    model = SASRec(encoder=SASRecEncoder(num_items=data.num_items, hidden_size=16, max_len=20), ks=(5, 10))
+    data = SequentialRecDataModule(
+        source=source, cache_dir=cache_dir, max_len=20, batch_size=32, eval_batch_size=16
+    )
+    model = SASRec(
+        encoder=SASRecEncoder(num_items=data.num_items, hidden_size=16, max_len=20),
+        ks=(5, 10),
+        learning_rate=5e-3,
+    )
     return model, data
 
 
@@ -29,7 +35,7 @@ def main() -> None:
     cache_dir, out_dir = sys.argv[1], Path(sys.argv[2])
     torch.set_num_threads(1)
     model, data = build(cache_dir)
-    trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=2, logger=False,
+    trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=6, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(model, data)
     trainer.save_checkpoint(out_dir / "last.ckpt")
