@@ -65,14 +65,16 @@ class EpochClock(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._start = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.epoch_seconds.append(time.perf_counter() - self._start)
+    def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.epoch_seconds.append(time.perf_counter() - self._start)
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Runs after this epoch's validation, once the module has logged it.
         self.valid_ndcg.append(float(trainer.callback_metrics["val/ndcg@10"]))
         self.elapsed.append(time.perf_counter() - self._fit_start)
+        print(f"epoch {len(self.valid_ndcg):3d}: train {self.epoch_seconds[-1]:.2f} s, "
+              f"valid NDCG@10 {self.valid_ndcg[-1]:.4f}, elapsed {self.elapsed[-1]:.1f} s", flush=True)  # fmt: skip
 
     def time_to_reach(self, target: float) -> float | None:
         return next((t for t, v in zip(self.elapsed, self.valid_ndcg, strict=True) if v >= target), None)

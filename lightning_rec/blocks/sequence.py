@@ -33,12 +33,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from lightning_rec.hub.mixin import HubMixin
+
 __all__ = ["HSTU", "SEQUENCE_ENCODERS", "BERT4Rec", "GRU4Rec", "SASRec", "SequenceEncoder"]
 
 PADDING_ID = 0
 
 
-class SequenceEncoder(nn.Module, ABC):
+class SequenceEncoder(HubMixin, nn.Module, ABC):
     """Base class of every sequence encoder: item ids `b n` -> hidden states `b n d`.
 
     Attributes:

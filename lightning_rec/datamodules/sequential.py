@@ -135,6 +135,16 @@ class SequentialRecDataModule(L.LightningDataModule):
             price=torch.from_numpy(self.data.item_price).float(),
         )
 
+    def vocab(self) -> dict[str, Any]:
+        """The item id map and side table as JSON-ready lists, saved with models (``vocab.json``)."""
+        data = self.data
+        return {
+            "item_ids": data.item_ids,
+            "item_title": data.item_title,
+            "item_category": data.item_category,
+            "item_price": [None if np.isnan(p) else float(p) for p in data.item_price],
+        }
+
     def item_popularity(self) -> torch.Tensor:
         """``(num_items + 1)`` counts of each item as a next item in the training split.
 

@@ -15,12 +15,13 @@ import torch
 from torch import Tensor
 
 from lightning_rec.data.batches import EvalBatch, TrainBatch
+from lightning_rec.hub.mixin import HubMixin
 from lightning_rec.metrics.ranking import FullRankingMetrics
 
 __all__ = ["MostPopular"]
 
 
-class MostPopular(L.LightningModule):
+class MostPopular(HubMixin, L.LightningModule):
     """Popularity ranking over ``num_items`` items (indices ``1..num_items``; 0 is padding).
 
     Ties between equally popular items count against the target (the metrics' pessimistic rule),
@@ -29,7 +30,7 @@ class MostPopular(L.LightningModule):
 
     def __init__(self, num_items: int, ks: Sequence[int] = (5, 10, 20), mask_history: bool = False) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(self.config_hparams())
         self.automatic_optimization = False
         self.register_buffer("counts", torch.zeros(num_items + 1))
         self.test_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)

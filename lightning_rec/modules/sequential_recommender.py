@@ -11,7 +11,7 @@ Axes: b batch, n max_len, d hidden, i items (+ 1 for padding), m supervised posi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_rec.blocks.sequence import SequenceEncoder
 from lightning_rec.data.batches import EvalBatch, TrainBatch
+from lightning_rec.hub.mixin import HubMixin
 from lightning_rec.metrics.ranking import FullRankingMetrics
 
 __all__ = ["SequentialRecommender"]
@@ -28,7 +29,7 @@ __all__ = ["SequentialRecommender"]
 LossName = Literal["ce", "bce"]
 
 
-class SequentialRecommender(L.LightningModule):
+class SequentialRecommender(HubMixin, L.LightningModule):
     """Next-item recommendation over the full catalogue with any :class:`SequenceEncoder`.
 
     Causal encoders (SASRec, GRU4Rec, HSTU) train with a next-item loss at every position. A
@@ -68,7 +69,7 @@ class SequentialRecommender(L.LightningModule):
             raise ValueError(
                 f"{type(encoder).__name__} is bidirectional but has no mask token for cloze training"
             )
-        self.save_hyperparameters()
+        self.save_hyperparameters(self.config_hparams())
         self.encoder = encoder
         self.loss_name = loss
         self.num_negatives = num_negatives
@@ -78,6 +79,39 @@ class SequentialRecommender(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.val_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)
         self.test_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)
+        self.vocab: dict[str, Any] | None = None
+
+    # ------------------------------------------------------- id maps / vocab
+    def setup(self, stage: str) -> None:
+        """Take the datamodule's id maps and item side table, to save them with the model."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "vocab"):
+            self.vocab = datamodule.vocab()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lightning_rec_config"] = self.config_tree()
+        if self.vocab is not None:
+            checkpoint["lightning_rec_vocab"] = self.vocab
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.vocab = checkpoint.get("lightning_rec_vocab", self.vocab)
+
+    @torch.no_grad()
+    def recommend_items(self, history: list[str], k: int = 10) -> list[str]:
+        """Raw item ids of the top-``k`` next items after a history of raw item ids (oldest first).
+
+        Needs the vocabulary saved with the model (trained on a datamodule, or loaded from the Hub).
+        Unknown ids in ``history`` are ignored.
+        """
+        if self.vocab is None:
+            raise ValueError("this model has no vocabulary: train it on a datamodule or load it from the Hub")
+        index = {item: i for i, item in enumerate(self.vocab["item_ids"]) if i > 0}
+        known = [index[item] for item in history if item in index][-self.encoder.max_len :]
+        input_ids = torch.zeros(1, self.encoder.max_len, dtype=torch.long, device=self.device)
+        if known:
+            input_ids[0, -len(known) :] = torch.tensor(known, device=self.device)
+        items, _ = self.recommend(input_ids, k=k)
+        return [self.vocab["item_ids"][i] for i in items[0].tolist()]
 
     # ------------------------------------------------------------ scoring
     @property

@@ -35,8 +35,10 @@ def main() -> None:
     cache_dir, out_dir = sys.argv[1], Path(sys.argv[2])
     torch.set_num_threads(1)
     model, data = build(cache_dir)
-    trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=6, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(
+        strategy="ddp", accelerator="cpu", devices=2, max_epochs=6, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
     trainer.fit(model, data)
     trainer.save_checkpoint(out_dir / "last.ckpt")
     metrics = trainer.test(model, data, verbose=False)[0]

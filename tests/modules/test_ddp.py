@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_sasrec_script import build  # noqa: E402
+from ddp_sasrec_script import build
 
 
 def test_ddp_fit_and_test_match_a_single_process_test(tmp_path, data_cache):
