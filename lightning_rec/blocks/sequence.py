@@ -24,6 +24,8 @@ Scores for full ranking are `hidden @ encoder.item_embeddings().T`: the output l
 the input item embedding, without extra tokens, and row 0 (padding) is all zeros.
 """
 
+from __future__ import annotations
+
 import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
@@ -70,6 +72,14 @@ class SequenceEncoder(HubMixin, nn.Module, ABC):
         nn.init.normal_(self.item_embedding.weight, std=0.02)
         with torch.no_grad():
             self.item_embedding.weight[PADDING_ID].zero_()
+
+    @classmethod
+    def hub_example(cls) -> tuple[SequenceEncoder, tuple[Tensor]]:
+        """A tiny encoder (20 items, d 16, max_len 8) and a left-padded batch of ids ``(3 8)``."""
+        generator = torch.Generator().manual_seed(0)
+        input_ids = torch.randint(1, 21, (3, 8), generator=generator)
+        input_ids[0, :5] = 0
+        return cls(num_items=20, hidden_size=16, max_len=8), (input_ids,)
 
     def item_embeddings(self) -> Tensor:
         """The output-layer item table `(num_items + 1) d` for dot-product scoring.

@@ -70,7 +70,9 @@ def resolve_trusted_class(class_path: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise UntrustedClassError(f"cannot import module {module_name!r} named by {class_path!r}: {error}") from error
+        raise UntrustedClassError(
+            f"cannot import module {module_name!r} named by {class_path!r}: {error}"
+        ) from error
     found = getattr(module, attribute, None)
     if not inspect.isclass(found) or not _is_trusted_name(class_path_of(found)):
         raise UntrustedClassError(
@@ -98,10 +100,14 @@ def _check_all(value: Any) -> None:
         resolve_trusted_class(value["class_path"])
         unexpected = set(value) - {"class_path", "init_args"}
         if unexpected:
-            raise ValueError(f"config node for {value['class_path']!r} has unexpected keys {sorted(unexpected)}")
+            raise ValueError(
+                f"config node for {value['class_path']!r} has unexpected keys {sorted(unexpected)}"
+            )
         init_args = value.get("init_args", {})
         if not isinstance(init_args, dict):
-            raise ValueError(f"init_args of {value['class_path']!r} must be an object, got {type(init_args).__name__}")
+            raise ValueError(
+                f"init_args of {value['class_path']!r} must be an object, got {type(init_args).__name__}"
+            )
         for item in init_args.values():
             _check_all(item)
     elif isinstance(value, list):

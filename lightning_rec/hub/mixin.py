@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from huggingface_hub import HfApi, ModelHubMixin, snapshot_download
 from safetensors.torch import load_model, save_model
@@ -50,6 +50,21 @@ class HubMixin(
     The constructor arguments are recorded when the object is created, so every argument must be
     JSON-like or itself a :class:`HubMixin` (lightning-rec blocks are).
     """
+
+    #: every HubMixin subclass by class path, filled as classes are defined (the zoo's registry).
+    registry: ClassVar[dict[str, type[HubMixin]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        HubMixin.registry[class_path_of(cls)] = cls
+
+    @classmethod
+    def hub_example(cls) -> tuple[HubMixin, tuple[Any, ...]]:
+        """A tiny instance and an input for its ``forward``: what the registry round-trip test runs.
+
+        Every concrete block and module defines it, so it is tested the day it is registered.
+        """
+        raise NotImplementedError(f"{cls.__qualname__} defines no hub_example()")
 
     def __new__(cls, *args: Any, **kwargs: Any) -> HubMixin:
         instance = super().__new__(cls, *args, **kwargs)
@@ -143,11 +158,15 @@ class HubMixin(
         tree = json.loads(config_path.read_text(encoding="utf-8"))
         model = instantiate_tree(tree)
         if not isinstance(model, cls):
-            raise TypeError(f"{source} holds a {type(model).__name__} ({tree['class_path']}), not a {cls.__name__}")
+            raise TypeError(
+                f"{source} holds a {type(model).__name__} ({tree['class_path']}), not a {cls.__name__}"
+            )
         try:
             load_model(model, str(weights), strict=True, device=device)
         except RuntimeError as error:
-            raise RuntimeError(f"{source}: the weights in {WEIGHTS_FILE} do not match the model: {error}") from error
+            raise RuntimeError(
+                f"{source}: the weights in {WEIGHTS_FILE} do not match the model: {error}"
+            ) from error
         vocab_path = folder / VOCAB_FILE
         if vocab_path.is_file():
             model.vocab = json.loads(vocab_path.read_text(encoding="utf-8"))

@@ -36,6 +36,14 @@ class MostPopular(HubMixin, L.LightningModule):
         self.test_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)
         self.val_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)
 
+    @classmethod
+    def hub_example(cls) -> tuple[MostPopular, tuple[Tensor]]:
+        """Popularity over 20 items with seeded counts, and a batch of histories ``(3 8)``."""
+        generator = torch.Generator().manual_seed(0)
+        model = cls(num_items=20)
+        model.set_counts(torch.randint(0, 50, (21,), generator=generator).float())
+        return model, (torch.randint(1, 21, (3, 8), generator=generator),)
+
     def set_counts(self, counts: Tensor) -> None:
         """``counts (num_items + 1)``: occurrences of each item index."""
         if counts.shape != self.counts.shape:

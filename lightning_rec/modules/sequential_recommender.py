@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
+from lightning_rec.blocks.sequence import SASRec as SASRecEncoder
 from lightning_rec.blocks.sequence import SequenceEncoder
 from lightning_rec.data.batches import EvalBatch, TrainBatch
 from lightning_rec.hub.mixin import HubMixin
@@ -112,6 +113,12 @@ class SequentialRecommender(HubMixin, L.LightningModule):
             input_ids[0, -len(known) :] = torch.tensor(known, device=self.device)
         items, _ = self.recommend(input_ids, k=k)
         return [self.vocab["item_ids"][i] for i in items[0].tolist()]
+
+    @classmethod
+    def hub_example(cls) -> tuple[SequentialRecommender, tuple[Tensor]]:
+        """A tiny model over a tiny SASRec encoder, and a batch of histories ``(3 8)``."""
+        encoder, inputs = SASRecEncoder.hub_example()
+        return cls(encoder=encoder), inputs
 
     # ------------------------------------------------------------ scoring
     @property

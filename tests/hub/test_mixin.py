@@ -1,0 +1,164 @@
+"""save_pretrained / from_pretrained / push_to_hub for every registered block and module."""
+
+import inspect
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import snapshot_download
+from safetensors.torch import load_file, save_file
+
+import lightning_rec.blocks
+import lightning_rec.modules  # noqa: F401  (fills the registry)
+from lightning_rec.blocks import SASRec as SASRecEncoder
+from lightning_rec.hub import HubMixin, UntrustedClassError
+from lightning_rec.modules import SASRec
+
+REGISTERED = sorted(
+    path
+    for path, cls in HubMixin.registry.items()
+    if not inspect.isabstract(cls) and not cls.__name__.startswith("_") and path.startswith("lightning_rec.")
+)
+
+
+def _outputs(model, inputs):
+    model.eval()
+    with torch.no_grad():
+        return model(*inputs)
+
+
+def test_registry_holds_the_zoo():
+    names = {path.rsplit(".", 1)[1] for path in REGISTERED}
+    assert {"SASRec", "BERT4Rec", "GRU4Rec", "HSTU", "MostPopular", "SequentialRecommender"} <= names
+
+
+@pytest.mark.parametrize("class_path", REGISTERED)
+def test_save_then_load_gives_identical_outputs(class_path, tmp_path):
+    cls = HubMixin.registry[class_path]
+    torch.manual_seed(0)
+    model, inputs = cls.hub_example()
+    model.save_pretrained(tmp_path)
+    assert {"config.json", "model.safetensors", "README.md"} <= set(os.listdir(tmp_path))
+    loaded = cls.from_pretrained(tmp_path)
+    assert type(loaded) is cls
+    assert torch.equal(_outputs(model, inputs), _outputs(loaded, inputs))
+    assert loaded.config_tree() == model.config_tree()
+
+
+def test_injected_encoder_survives_the_round_trip(tmp_path):
+    from lightning_rec.blocks import GRU4Rec
+
+    model = SASRec(encoder=GRU4Rec(num_items=15, hidden_size=12, max_len=6), learning_rate=3e-3)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["init_args"]["encoder"]["class_path"] == "lightning_rec.blocks.sequence.GRU4Rec"
+    loaded = SASRec.from_pretrained(tmp_path)
+    assert isinstance(loaded.encoder, GRU4Rec) and loaded.encoder.hidden_size == 12
+    assert loaded.hparams["learning_rate"] == 3e-3
+    # A block pulled out of a saved module on its own.
+    model.encoder.save_pretrained(tmp_path / "encoder")
+    encoder = GRU4Rec.from_pretrained(tmp_path / "encoder")
+    ids = torch.randint(1, 16, (2, 6))
+    assert torch.equal(encoder.eval()(ids), model.encoder.eval()(ids))
+
+
+def _saved(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model, _ = SASRec.hub_example()
+    model.save_pretrained(tmp_path / "repo")
+    return tmp_path / "repo"
+
+
+@pytest.mark.parametrize(
+    "class_path", ["os.system", "builtins.eval", "lightning_rec.data.sequences.os", "subprocess.Popen"]
+)
+def test_hostile_config_is_refused_and_executes_nothing(tmp_path, class_path):
+    repo = _saved(tmp_path)
+    marker = tmp_path / "pwned"
+    config = json.loads((repo / "config.json").read_text())
+    config["init_args"]["encoder"] = {"class_path": class_path, "init_args": {"command": f"touch {marker}"}}
+    (repo / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UntrustedClassError, match="refusing"):
+        SASRec.from_pretrained(repo)
+    assert not marker.exists()
+
+
+class _Exploit:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pickle_only_repo_is_refused_without_unpickling(tmp_path):
+    repo = _saved(tmp_path)
+    marker = tmp_path / "unpickled"
+    (repo / "model.safetensors").unlink()
+    (repo / "pytorch_model.bin").write_bytes(pickle.dumps(_Exploit(str(marker))))
+    with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
+        SASRec.from_pretrained(repo)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("change", ["missing", "extra"])
+def test_weights_with_missing_or_extra_keys_are_refused(tmp_path, change):
+    repo = _saved(tmp_path)
+    weights = load_file(repo / "model.safetensors")
+    if change == "missing":
+        removed = sorted(weights)[0]
+        del weights[removed]
+        expected = removed
+    else:
+        weights["encoder.surprise"] = torch.zeros(3)
+        expected = "encoder.surprise"
+    save_file(weights, repo / "model.safetensors")
+    with pytest.raises(RuntimeError, match=expected.replace(".", r"\.")):
+        SASRec.from_pretrained(repo)
+
+
+def test_loading_another_class_is_an_error(tmp_path):
+    repo = _saved(tmp_path)
+    with pytest.raises(TypeError, match="not a SASRec"):
+        SASRecEncoder.from_pretrained(repo)
+
+
+def test_push_pull_in_a_fresh_process_new_commit_and_offline_cache(local_hub, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model, (inputs,) = SASRec.hub_example()
+    model.push_to_hub("org/sasrec-tiny", token="test-token")
+    first_commits = local_hub.commits("org/sasrec-tiny")
+
+    script = (
+        "import sys, torch; from lightning_rec.modules import SASRec; "
+        "m = SASRec.from_pretrained('org/sasrec-tiny'); "
+        "torch.save(m(torch.load(sys.argv[1])), sys.argv[2])"
+    )
+    torch.save(inputs, tmp_path / "inputs.pt")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.equal(torch.load(tmp_path / "out.pt"), _outputs(model, (inputs,)))
+
+    folder = Path(snapshot_download("org/sasrec-tiny"))
+    assert {"config.json", "model.safetensors", "README.md"} <= set(os.listdir(folder))
+
+    with torch.no_grad():
+        model.encoder.item_embedding.weight.add_(0.5)
+    model.push_to_hub("org/sasrec-tiny", token="test-token")
+    assert len(local_hub.commits("org/sasrec-tiny")) == len(first_commits) + 1
+    pulled = SASRec.from_pretrained("org/sasrec-tiny")
+    assert torch.equal(_outputs(pulled, (inputs,)), _outputs(model, (inputs,)))
+
+    local_hub.stop()
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cached = SASRec.from_pretrained("org/sasrec-tiny")
+    assert torch.equal(_outputs(cached, (inputs,)), _outputs(model, (inputs,)))
