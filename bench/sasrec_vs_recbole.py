@@ -74,7 +74,7 @@ class EpochClock(L.Callback):
         self.valid_ndcg.append(float(trainer.callback_metrics["val/ndcg@10"]))
         self.elapsed.append(time.perf_counter() - self._fit_start)
         print(f"epoch {len(self.valid_ndcg):3d}: train {self.epoch_seconds[-1]:.2f} s, "
-              f"valid NDCG@10 {self.valid_ndcg[-1]:.4f}, elapsed {self.elapsed[-1]:.1f} s", flush=True)  # fmt: skip
+              f"valid NDCG@10 {self.valid_ndcg[-1]:.4f}, elapsed {self.elapsed[-1]:.1f} s")  # fmt: skip
 
     def time_to_reach(self, target: float) -> float | None:
         return next((t for t, v in zip(self.elapsed, self.valid_ndcg, strict=True) if v >= target), None)

@@ -1,14 +1,17 @@
-"""Shared fixtures: a small in-memory interaction source and a per-session data cache."""
+"""Shared fixtures: an in-memory interaction source, a per-session data cache, a local Hub."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import constants
 
 from lightning_rec.data.records import Interaction, ItemMeta, ReadReport
+from lightning_rec.hub.testing import LocalHub, hub_endpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tests use tiny tensors: one intra-op thread per test process avoids OpenMP oversubscription
@@ -48,3 +51,24 @@ def list_source() -> type[ListSource]:
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One cache folder per test session, so generated synthetic data is reused across tests."""
     return str(tmp_path_factory.mktemp("lightning_rec_cache"))
+
+
+@pytest.fixture
+def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
+    """A started LocalHub with ``huggingface_hub`` pointed at it and its cache under `tmp_path`."""
+    hf_home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
+    monkeypatch.setattr(constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    with LocalHub() as hub, hub_endpoint(hub.url):
+        yield hub
+
+
+@pytest.fixture
+def hub_token() -> str:
+    """A token to pass explicitly (``token=hub_token``) where the client requires one, e.g. ``whoami``.
+
+    Implicit tokens are off inside ``hub_endpoint``; the local Hub accepts any token.
+    """
+    return "test-token"

@@ -53,3 +53,31 @@ def test_unknown_encoder_is_a_clear_error(tmp_path, monkeypatch, data_cache, cap
     with pytest.raises(SystemExit):
         run_cli(["fit", "--config", CONFIG, "--model.encoder", "NoSuchEncoder", *SMALL])
     assert "NoSuchEncoder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_config", [True, False])
+def test_push_converts_a_checkpoint_and_uploads_it(with_config, tmp_path, monkeypatch, data_cache, local_hub):
+    from huggingface_hub import ModelCard, hf_hub_download, list_repo_files
+
+    from lightning_rec.cli import main
+    from lightning_rec.modules import SASRec
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
+    fit = run_cli(["fit", "--config", CONFIG, *SMALL])
+    checkpoint = tmp_path / "outputs" / "sasrec-synthetic" / "checkpoints" / "best.ckpt"
+    # With --config, the checkpoint is tested on the same (small) data before the upload.
+    config_args = ["--config", CONFIG, *SMALL] if with_config else []
+    main(["push", "--ckpt_path", str(checkpoint), "--repo_id", "org/pushed", "--token", "t", *config_args])
+
+    files = set(list_repo_files("org/pushed"))
+    assert {"config.json", "model.safetensors", "vocab.json", "README.md"} <= files
+    assert not any(name.endswith(".ckpt") for name in files)
+    pulled = SASRec.from_pretrained("org/pushed")
+    trained = fit.model.eval()
+    ids = torch.randint(1, trained.num_items + 1, (4, 50))
+    saved = torch.load(checkpoint, weights_only=True)["state_dict"]
+    trained.load_state_dict(saved)
+    assert torch.equal(pulled(ids), trained(ids))
+    card = ModelCard.load(hf_hub_download("org/pushed", "README.md"))
+    assert bool(card.data.eval_results) == with_config

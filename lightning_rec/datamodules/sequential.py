@@ -135,6 +135,12 @@ class SequentialRecDataModule(L.LightningDataModule):
             price=torch.from_numpy(self.data.item_price).float(),
         )
 
+    @property
+    def dataset_name(self) -> str:
+        """A short name of the source for model cards, e.g. ``RecBoleExample/ml-100k``."""
+        name = getattr(self.source, "name", None)
+        return type(self.source).__name__ + (f"/{name}" if isinstance(name, str) else "")
+
     def vocab(self) -> dict[str, Any]:
         """The item id map and side table as JSON-ready lists, saved with models (``vocab.json``)."""
         data = self.data

@@ -25,7 +25,7 @@ def card_template(method: str) -> str:
 
 
 def render_model_card(
-    method: str,
+    template: str,
     config: dict[str, Any],
     metrics: dict[str, float] | None = None,
     dataset_name: str = "unknown",
@@ -33,7 +33,8 @@ def render_model_card(
     base_model: str | None = None,
     **template_kwargs: Any,
 ) -> ModelCard:
-    """Render ``method``'s card with ``metrics`` (e.g. ``{"test/ndcg@10": 0.31}``) as eval results."""
+    """Render ``lightning_rec/hub_cards/<template>.md``; ``metrics`` (``{"test/ndcg@10": 0.31}``) become
+    the card's eval results and its results table."""
     metrics = metrics or {}
     results = [
         EvalResult(
@@ -51,7 +52,7 @@ def render_model_card(
     card_data = ModelCardData(
         library_name="lightning-rec",
         license="apache-2.0",
-        tags=["lightning-rec", "recommendation", method],
+        tags=["lightning-rec", "recommendation", template],
         datasets=[dataset_name] if dataset_name != "unknown" else None,
         metrics=sorted({r.metric_type for r in results}) or None,
         base_model=base_model,
@@ -63,7 +64,7 @@ def render_model_card(
     )
     return ModelCard.from_template(
         card_data,
-        template_str=card_template(method),
+        template_str=card_template(template),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         dataset_name=dataset_name,

@@ -137,8 +137,8 @@ def encode_init_value(name: str, value: Any) -> Any:
         return value.config_tree()
     if isinstance(value, nn.Module):
         raise TypeError(
-            f"argument {name!r} is a {type(value).__name__}, which does not record its constructor arguments; "
-            "inject a lightning_rec block, or subclass lightning_rec.hub.HubMixin in your own block"
+            f"argument {name!r} is a {type(value).__name__}, which does not record its constructor "
+            "arguments; inject a lightning_rec block, or subclass lightning_rec.hub.HubMixin in your block"
         )
     if isinstance(value, (list, tuple)):
         return [encode_init_value(name, item) for item in value]

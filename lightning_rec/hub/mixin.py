@@ -111,6 +111,13 @@ class HubMixin(
         if vocab is not None:
             _write_atomic(save_directory / VOCAB_FILE, json.dumps(vocab).encode())
 
+    def push_to_hub(
+        self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
+        """Save to a temporary folder and upload it to ``repo_id`` as one commit (the card names the repo)."""
+        card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
+        return super().push_to_hub(repo_id, model_card_kwargs=card_kwargs, **kwargs)
+
     # ------------------------------------------------------------------ load
     @classmethod
     def from_pretrained(

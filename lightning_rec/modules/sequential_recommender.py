@@ -16,12 +16,14 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCard
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_rec.blocks.sequence import SASRec as SASRecEncoder
 from lightning_rec.blocks.sequence import SequenceEncoder
 from lightning_rec.data.batches import EvalBatch, TrainBatch
+from lightning_rec.hub.cards import render_model_card
 from lightning_rec.hub.mixin import HubMixin
 from lightning_rec.metrics.ranking import FullRankingMetrics
 
@@ -81,6 +83,8 @@ class SequentialRecommender(HubMixin, L.LightningModule):
         self.val_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)
         self.test_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)
         self.vocab: dict[str, Any] | None = None
+        self.test_results: dict[str, float] = {}
+        self.dataset_name = "unknown"
 
     # ------------------------------------------------------- id maps / vocab
     def setup(self, stage: str) -> None:
@@ -88,6 +92,7 @@ class SequentialRecommender(HubMixin, L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "vocab"):
             self.vocab = datamodule.vocab()
+            self.dataset_name = datamodule.dataset_name
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lightning_rec_config"] = self.config_tree()
@@ -96,6 +101,20 @@ class SequentialRecommender(HubMixin, L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.vocab = checkpoint.get("lightning_rec_vocab", self.vocab)
+
+    def generate_model_card(self, repo_id: str = "<org>/<name>", **kwargs: Any) -> ModelCard:
+        """The SASRec-family card with this run's test metrics as the Hub's eval results."""
+        return render_model_card(
+            "sasrec",
+            config=self.config_tree(),
+            metrics=self.test_results,
+            dataset_name=self.dataset_name,
+            repo_id=repo_id,
+            method=type(self).__name__,
+            encoder=type(self.encoder).__name__,
+            loss=self.loss_name,
+            data_stats=f"{self.num_items} items",
+        )
 
     @torch.no_grad()
     def recommend_items(self, history: list[str], k: int = 10) -> list[str]:
@@ -209,8 +228,11 @@ class SequentialRecommender(HubMixin, L.LightningModule):
         self._evaluate(batch, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
+        results = {f"test/{k}": v for k, v in self.test_metrics.compute().items()}
+        self.log_dict(results)
         self.test_metrics.reset()
+        # Kept for the model card: the card's results always come from this run's own test.
+        self.test_results = {name: float(value) for name, value in results.items()}
 
     def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Tensor]:
         items, scores = self.recommend(batch.input_ids, k=max(self.hparams.ks))

@@ -101,7 +101,7 @@ def test_pickle_only_repo_is_refused_without_unpickling(tmp_path):
     marker = tmp_path / "unpickled"
     (repo / "model.safetensors").unlink()
     (repo / "pytorch_model.bin").write_bytes(pickle.dumps(_Exploit(str(marker))))
-    with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
+    with pytest.raises(FileNotFoundError, match=r"pytorch_model\.bin"):
         SASRec.from_pretrained(repo)
     assert not marker.exists()
 
@@ -141,8 +141,8 @@ def test_push_pull_in_a_fresh_process_new_commit_and_offline_cache(local_hub, tm
     )
     torch.save(inputs, tmp_path / "inputs.pt")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    command = [sys.executable, "-c", script, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert torch.equal(torch.load(tmp_path / "out.pt"), _outputs(model, (inputs,)))
 
