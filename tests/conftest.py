@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,18 @@ class ListSource:
 @pytest.fixture
 def list_source() -> type[ListSource]:
     return ListSource
+
+
+@pytest.fixture
+def ddp_env() -> dict[str, str]:
+    """Environment for a ``strategy="ddp"`` subprocess: CPU only, the repo importable, and a free
+    port of its own, so two DDP tests on two pytest-xdist workers never meet on one port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = str(Path(__file__).resolve().parents[1])
+    python_path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "MASTER_PORT": str(port), "PYTHONPATH": python_path}
 
 
 @pytest.fixture(scope="session")

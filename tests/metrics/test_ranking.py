@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 import warnings
@@ -413,16 +412,11 @@ def load_ddp_script():
     return module
 
 
-def test_ddp_on_two_processes_equals_single_process(tmp_path: Path):
+def test_ddp_on_two_processes_equals_single_process(tmp_path: Path, ddp_env: dict[str, str]):
     out_json = tmp_path / "ddp_metrics.json"
-    env = {
-        **os.environ,
-        "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    }
     completed = subprocess.run(
         [sys.executable, str(DDP_SCRIPT), str(out_json)],
-        env=env,
+        env=ddp_env,
         cwd=tmp_path,
         capture_output=True,
         text=True,

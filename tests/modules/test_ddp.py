@@ -1,7 +1,6 @@
 """SASRec under ``Trainer(strategy="ddp", accelerator="cpu", devices=2)`` gives the single-process metrics."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ddp_sasrec_script import build
 
 
-def test_ddp_fit_and_test_match_a_single_process_test(tmp_path, data_cache):
+def test_ddp_fit_and_test_match_a_single_process_test(tmp_path, data_cache, ddp_env):
     script = Path(__file__).parent / "ddp_sasrec_script.py"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = ddp_env
     done = subprocess.run([sys.executable, str(script), data_cache, str(tmp_path)], env=env, timeout=300,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
