@@ -81,3 +81,16 @@ def test_push_converts_a_checkpoint_and_uploads_it(with_config, tmp_path, monkey
     assert torch.equal(pulled(ids), trained(ids))
     card = ModelCard.load(hf_hub_download("org/pushed", "README.md"))
     assert bool(card.data.eval_results) == with_config
+
+
+def test_fit_can_start_from_a_saved_model(tmp_path, monkeypatch, data_cache):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
+    first = run_cli(["fit", "--config", CONFIG, *SMALL])
+    first.model.save_pretrained(tmp_path / "start")
+    no_training = ["--trainer.max_epochs", "0"]
+    second = run_cli(
+        ["fit", "--config", CONFIG, *SMALL, *no_training, "--model.init_args.pretrained", "start"]
+    )
+    ids = torch.randint(1, first.model.num_items + 1, (3, 50))
+    assert torch.equal(second.model.eval()(ids), first.model.eval()(ids))

@@ -51,6 +51,9 @@ class HubMixin(
     JSON-like or itself a :class:`HubMixin` (lightning-rec blocks are).
     """
 
+    #: constructor arguments left out of ``config.json`` (e.g. where to fetch starting weights).
+    hub_config_exclude: ClassVar[tuple[str, ...]] = ()
+
     #: every HubMixin subclass by class path, filled as classes are defined (the zoo's registry).
     registry: ClassVar[dict[str, type[HubMixin]]] = {}
 
@@ -84,7 +87,11 @@ class HubMixin(
         arguments = self._hub_init_arguments
         return {
             "class_path": class_path_of(type(self)),
-            "init_args": {name: encode_init_value(name, value) for name, value in arguments.items()},
+            "init_args": {
+                name: encode_init_value(name, value)
+                for name, value in arguments.items()
+                if name not in self.hub_config_exclude
+            },
         }
 
     def config_hparams(self) -> dict[str, Any]:

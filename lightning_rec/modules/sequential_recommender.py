@@ -51,7 +51,12 @@ class SequentialRecommender(HubMixin, L.LightningModule):
         warmup_steps: linear learning-rate warm-up from 0 over this many optimizer steps.
         ks: cut-offs of the Recall / NDCG / MRR metrics.
         mask_history: exclude items already in the history from the ranking.
+        pretrained: a Hub repo id or folder saved by ``save_pretrained`` to start from: its weights
+            (and vocabulary) replace the initial ones, with ``strict=True``. Not written back to
+            ``config.json``, so a model fine-tuned from it loads without fetching it again.
     """
+
+    hub_config_exclude = ("pretrained",)
 
     def __init__(
         self,
@@ -64,6 +69,7 @@ class SequentialRecommender(HubMixin, L.LightningModule):
         warmup_steps: int = 0,
         ks: Sequence[int] = (5, 10, 20),
         mask_history: bool = False,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         if loss not in ("ce", "bce"):
@@ -85,6 +91,10 @@ class SequentialRecommender(HubMixin, L.LightningModule):
         self.vocab: dict[str, Any] | None = None
         self.test_results: dict[str, float] = {}
         self.dataset_name = "unknown"
+        if pretrained is not None:
+            start = type(self).from_pretrained(pretrained)
+            self.load_state_dict(start.state_dict(), strict=True)
+            self.vocab = start.vocab
 
     # ------------------------------------------------------- id maps / vocab
     def setup(self, stage: str) -> None:

@@ -162,3 +162,21 @@ def test_push_pull_in_a_fresh_process_new_commit_and_offline_cache(local_hub, tm
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     cached = SASRec.from_pretrained("org/sasrec-tiny")
     assert torch.equal(_outputs(cached, (inputs,)), _outputs(model, (inputs,)))
+
+
+def test_pretrained_starts_from_a_saved_model_and_is_not_written_back(tmp_path):
+    torch.manual_seed(0)
+    source, (inputs,) = SASRec.hub_example()
+    source.vocab = {"item_ids": ["[PAD]", *[f"i{k}" for k in range(20)]]}
+    source.save_pretrained(tmp_path / "start")
+    torch.manual_seed(1)  # a different initialisation, replaced by the saved weights
+    model = SASRec(
+        encoder=SASRecEncoder(num_items=20, hidden_size=16, max_len=8), pretrained=str(tmp_path / "start")
+    )
+    assert torch.equal(_outputs(model, (inputs,)), _outputs(source, (inputs,)))
+    assert model.vocab == source.vocab
+    assert "pretrained" not in model.config_tree()["init_args"]
+    with pytest.raises(RuntimeError, match=r"size mismatch|do not match"):
+        SASRec(
+            encoder=SASRecEncoder(num_items=25, hidden_size=16, max_len=8), pretrained=str(tmp_path / "start")
+        )
