@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import lightning as L
 import torch
 from torch import Tensor
 
 from lightning_rec.data.batches import EvalBatch, TrainBatch
-from lightning_rec.hub.mixin import HubMixin
 from lightning_rec.metrics.ranking import FullRankingMetrics
+from lightning_rec.modules.ranking_module import RankingModule
 
 __all__ = ["MostPopular"]
 
 
-class MostPopular(HubMixin, L.LightningModule):
+class MostPopular(RankingModule):
     """Popularity ranking over ``num_items`` items (indices ``1..num_items``; 0 is padding).
 
     Ties between equally popular items count against the target (the metrics' pessimistic rule),
@@ -33,8 +32,7 @@ class MostPopular(HubMixin, L.LightningModule):
         self.save_hyperparameters(self.config_hparams())
         self.automatic_optimization = False
         self.register_buffer("counts", torch.zeros(num_items + 1))
-        self.test_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)
-        self.val_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)
+        self.init_metrics(ks, mask_history)
 
     @classmethod
     def hub_example(cls) -> tuple[MostPopular, tuple[Tensor]]:
@@ -67,19 +65,5 @@ class MostPopular(HubMixin, L.LightningModule):
     def configure_optimizers(self) -> None:
         return None
 
-    def _evaluate(self, batch: EvalBatch, metrics: FullRankingMetrics) -> None:
+    def update_metrics(self, batch: EvalBatch, metrics: FullRankingMetrics) -> None:
         metrics.update(self(batch.input_ids), batch.target, batch.history)
-
-    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()})
-        self.val_metrics.reset()
-
-    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
-        self.test_metrics.reset()

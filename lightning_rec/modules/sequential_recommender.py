@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard
@@ -24,15 +23,15 @@ from lightning_rec.blocks.sequence import SASRec as SASRecEncoder
 from lightning_rec.blocks.sequence import SequenceEncoder
 from lightning_rec.data.batches import EvalBatch, TrainBatch
 from lightning_rec.hub.cards import render_model_card
-from lightning_rec.hub.mixin import HubMixin
 from lightning_rec.metrics.ranking import FullRankingMetrics
+from lightning_rec.modules.ranking_module import RankingModule
 
 __all__ = ["SequentialRecommender"]
 
 LossName = Literal["ce", "bce"]
 
 
-class SequentialRecommender(HubMixin, L.LightningModule):
+class SequentialRecommender(RankingModule):
     """Next-item recommendation over the full catalogue with any :class:`SequenceEncoder`.
 
     Causal encoders (SASRec, GRU4Rec, HSTU) train with a next-item loss at every position. A
@@ -86,10 +85,8 @@ class SequentialRecommender(HubMixin, L.LightningModule):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
-        self.val_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)
-        self.test_metrics = FullRankingMetrics(ks=tuple(ks), mask_history=mask_history)
+        self.init_metrics(ks, mask_history)
         self.vocab: dict[str, Any] | None = None
-        self.test_results: dict[str, float] = {}
         self.dataset_name = "unknown"
         if pretrained is not None:
             start = type(self).from_pretrained(pretrained)
@@ -222,27 +219,9 @@ class SequentialRecommender(HubMixin, L.LightningModule):
         ) + F.binary_cross_entropy_with_logits(negative_logits, torch.zeros_like(negative_logits))
 
     # ---------------------------------------------------------- evaluation
-    def _evaluate(self, batch: EvalBatch, metrics: FullRankingMetrics) -> None:
+    def update_metrics(self, batch: EvalBatch, metrics: FullRankingMetrics) -> None:
         query = self.user_representation(batch.input_ids)
         metrics.update_from_embeddings(query, self.item_embeddings(), batch.target, batch.history)
-
-    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        for name, value in self.val_metrics.compute().items():
-            self.log(f"val/{name}", value, prog_bar=name == "ndcg@10")
-        self.val_metrics.reset()
-
-    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        results = {f"test/{k}": v for k, v in self.test_metrics.compute().items()}
-        self.log_dict(results)
-        self.test_metrics.reset()
-        # Kept for the model card: the card's results always come from this run's own test.
-        self.test_results = {name: float(value) for name, value in results.items()}
 
     def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Tensor]:
         items, scores = self.recommend(batch.input_ids, k=max(self.hparams.ks))
