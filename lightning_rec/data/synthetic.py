@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_rec.atomic import atomic_path
 from lightning_rec.data.amazon import AmazonReviews
 from lightning_rec.data.records import Interaction, ItemMeta, ReadReport
 from lightning_rec.data.text_files import default_cache_dir, fingerprint_files
@@ -308,16 +307,14 @@ def _review_time(timestamp: int) -> str:
 
 
 def _write_json_lines_gz(path: Path, records: Iterator[dict]) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mtime=0 keeps the gzip bytes identical across runs with the same seed.
-        with os.fdopen(handle, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-            for record in records:
-                gz.write((json.dumps(record) + "\n").encode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # No file name and mtime=0 in the gzip header: the bytes depend on the seed alone.
+    with (
+        atomic_path(path) as tmp,
+        tmp.open("wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
+    ):
+        for record in records:
+            gz.write((json.dumps(record) + "\n").encode())
 
 
 class SyntheticReviews:

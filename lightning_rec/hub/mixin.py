@@ -19,13 +19,13 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from huggingface_hub import HfApi, ModelHubMixin, snapshot_download
 from safetensors.torch import load_model, save_model
 
+from lightning_rec.atomic import atomic_path
 from lightning_rec.hub.config_tree import class_path_of, encode_init_value, instantiate_tree
 
 __all__ = ["CONFIG_FILE", "VOCAB_FILE", "WEIGHTS_FILE", "HubMixin"]
@@ -109,14 +109,14 @@ class HubMixin(
         return getattr(self, "vocab", None)
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        _write_atomic(save_directory / CONFIG_FILE, json.dumps(self.config_tree(), indent=2).encode())
-        with tempfile.TemporaryDirectory(dir=save_directory) as staging:
-            weights = Path(staging) / WEIGHTS_FILE
+        with atomic_path(save_directory / CONFIG_FILE) as config:
+            config.write_text(json.dumps(self.config_tree(), indent=2))
+        with atomic_path(save_directory / WEIGHTS_FILE) as weights:
             save_model(self, str(weights), metadata={"format": "pt", "class_path": class_path_of(type(self))})
-            os.replace(weights, save_directory / WEIGHTS_FILE)
         vocab = self.hub_vocab()
         if vocab is not None:
-            _write_atomic(save_directory / VOCAB_FILE, json.dumps(vocab).encode())
+            with atomic_path(save_directory / VOCAB_FILE) as vocab_file:
+                vocab_file.write_text(json.dumps(vocab))
 
     def push_to_hub(
         self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any
@@ -199,14 +199,3 @@ def _pickle_note(source: str, folder: Path, revision: str | None, token: Any, lo
             return ""
     pickled = sorted(name for name in names if name.endswith(_PICKLE_SUFFIXES))
     return f" (it has {', '.join(pickled)}, which would need unpickling)" if pickled else ""
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
