@@ -12,7 +12,6 @@ algorithms", CIKM 2021 (https://recbole.io/docs/user_guide/data/atomic_files.htm
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from lightning_rec.atomic import atomic_directory
 from lightning_rec.data.records import (
     BadLinePolicy,
     DataFormatError,
@@ -172,17 +172,8 @@ def recbole_example_dir(name: str = "ml-100k", cache_dir: str | Path | None = No
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as download:
         wheel = _download_recbole_wheel(Path(download), target)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-        try:
+        with atomic_directory(target, lambda done: _has_files(done, files)) as staging:
             _extract_example(wheel, name, files, staging)
-            try:
-                os.replace(staging, target)
-            except OSError:
-                if not _has_files(target, files):
-                    raise
-                # else another process finished the same fetch first: its copy is as good as ours
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)  # gone already when the rename succeeded
     return target
 
 

@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -37,6 +34,7 @@ from typing import Literal
 
 import numpy as np
 
+from lightning_rec.atomic import atomic_directory
 from lightning_rec.data.records import InteractionSource
 from lightning_rec.data.text_files import fingerprint_files
 
@@ -162,16 +160,8 @@ def load_or_build_sequences(
         log.info("Loading preprocessed sequences from %s", target)
         return SequenceData.load(target)
     data = build_sequences(source, options)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}."))
-    try:
+    with atomic_directory(target, lambda done: (done / "strings.json").is_file()) as staging:
         data.save(staging)
-        os.replace(staging, target)
-    except OSError:
-        if not (target / "strings.json").is_file():  # another process won the race: keep theirs
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("Cached preprocessed sequences in %s", target)
     return data
 
