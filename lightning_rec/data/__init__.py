@@ -22,6 +22,7 @@ from lightning_rec.data.records import (
 )
 from lightning_rec.data.synthetic import SyntheticCatalogue, SyntheticReviews
 from lightning_rec.data.text_files import default_cache_dir, fingerprint_files, numbered_lines, open_text
+from lightning_rec.data.text_records import SyntheticTitleCategories, read_text_records, text_record_format
 
 __all__ = [
     "AmazonReviews",
@@ -36,6 +37,7 @@ __all__ = [
     "RecBoleExample",
     "SyntheticCatalogue",
     "SyntheticReviews",
+    "SyntheticTitleCategories",
     "check_bad_line_policy",
     "default_cache_dir",
     "fingerprint_files",
@@ -44,5 +46,7 @@ __all__ = [
     "parse_id",
     "parse_number",
     "read_records",
+    "read_text_records",
     "recbole_example_dir",
+    "text_record_format",
 ]

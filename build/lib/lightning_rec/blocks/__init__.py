@@ -1,0 +1,19 @@
+"""Layer 1: reusable nn.Modules. No Lightning, no I/O, no data formats."""
+
+from lightning_rec.blocks.sequence import (
+    HSTU,
+    SEQUENCE_ENCODERS,
+    BERT4Rec,
+    GRU4Rec,
+    SASRec,
+    SequenceEncoder,
+)
+
+__all__ = [
+    "HSTU",
+    "SEQUENCE_ENCODERS",
+    "BERT4Rec",
+    "GRU4Rec",
+    "SASRec",
+    "SequenceEncoder",
+]

@@ -1,0 +1,124 @@
+"""Batch types for sequential recommendation, and the torch datasets that yield them.
+
+Training follows SASRec's scheme: one forward pass per window of a user's training sequence, with a
+next-item loss at every position. A training sequence longer than ``max_len`` is cut, from its end,
+into consecutive windows of ``max_len + 1`` items that overlap by one item, so every
+(prefix, next item) pair of the training data is seen exactly once per epoch. Sequences are
+**left-padded** with item 0, so the most recent item is always at position ``n - 1``.
+
+Axes: b batch, n max_len, h longest history in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["EvalBatch", "EvalQueries", "TrainBatch", "TrainWindows", "training_windows"]
+
+
+@dataclass
+class TrainBatch:
+    """``input_ids (b n)`` left-padded item ids; ``target_ids (b n)`` the next item at each
+    position, 0 where there is no target (padding)."""
+
+    input_ids: Tensor
+    target_ids: Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class EvalBatch:
+    """One held-out target per row.
+
+    ``input_ids (b n)``: the last ``n`` history items, left-padded; ``target (b)``: the held-out
+    item; ``history (b h)``: the whole history, right-padded with 0 (for masking seen items);
+    ``user_index (b)``: the user of each row.
+    """
+
+    input_ids: Tensor
+    target: Tensor
+    history: Tensor
+    user_index: Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def training_windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int) -> np.ndarray:
+    """Cut each training sequence ``items[starts[u]:ends[u]]`` into left-padded windows.
+
+    Returns an int64 array ``(w, max_len + 1)``. Windows are taken from the end of each sequence
+    backwards, each ``max_len + 1`` items long and overlapping the next by one item; sequences with
+    fewer than 2 items give no window.
+    """
+    rows: list[np.ndarray] = []
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        stop = end
+        while stop - start >= 2:
+            rows.append(items[max(start, stop - max_len - 1) : stop])
+            stop -= max_len
+    windows = np.zeros((len(rows), max_len + 1), dtype=np.int64)
+    for row, window in zip(windows, rows, strict=True):
+        row[max_len + 1 - len(window) :] = window
+    return windows
+
+
+class TrainWindows(Dataset):
+    """Training windows ``(w, n + 1)`` as :class:`TrainBatch` rows; collate with :meth:`collate`."""
+
+    def __init__(self, windows: np.ndarray) -> None:
+        self.windows = torch.from_numpy(windows)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.windows[index]
+
+    @staticmethod
+    def collate(rows: list[Tensor]) -> TrainBatch:
+        windows = torch.stack(rows)
+        input_ids = windows[:, :-1]
+        target_ids = torch.where(input_ids > 0, windows[:, 1:], torch.zeros_like(input_ids))
+        return TrainBatch(input_ids=input_ids, target_ids=target_ids)
+
+
+class EvalQueries(Dataset):
+    """Held-out queries: the item at flat position ``positions[q]``, with the user's earlier items."""
+
+    def __init__(
+        self, items: np.ndarray, offsets: np.ndarray, positions: np.ndarray, users: np.ndarray, max_len: int
+    ) -> None:
+        self.items = items
+        self.offsets = offsets
+        self.positions = positions
+        self.users = users
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, int]:
+        position, user = int(self.positions[index]), int(self.users[index])
+        return self.items[self.offsets[user] : position], int(self.items[position]), user
+
+    def collate(self, rows: list[tuple[np.ndarray, int, int]]) -> EvalBatch:
+        n = self.max_len
+        longest = max(len(history) for history, _, _ in rows)
+        input_ids = torch.zeros(len(rows), n, dtype=torch.long)
+        history = torch.zeros(len(rows), max(longest, 1), dtype=torch.long)
+        for row, (items, _, _) in enumerate(rows):
+            recent = items[-n:]
+            if len(recent):
+                input_ids[row, n - len(recent) :] = torch.from_numpy(recent)
+                history[row, : len(items)] = torch.from_numpy(items)
+        target = torch.tensor([t for _, t, _ in rows], dtype=torch.long)
+        user_index = torch.tensor([u for _, _, u in rows], dtype=torch.long)
+        return EvalBatch(input_ids=input_ids, target=target, history=history, user_index=user_index)

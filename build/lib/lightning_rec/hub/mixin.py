@@ -1,0 +1,201 @@
+"""``HubMixin``: save, load and push any lightning-rec block or module as a Hugging Face Hub repo.
+
+A repo (or folder) holds:
+
+- ``config.json``: the ``class_path`` / ``init_args`` tree that rebuilds the object, injected
+  blocks included (``huggingface_hub.ModelHubMixin`` alone silently drops ``nn.Module`` arguments);
+- ``model.safetensors``: the weights, loaded with ``strict=True``;
+- ``vocab.json`` (modules trained on a datamodule): the id maps and item side table, so a pulled
+  model scores raw item ids;
+- ``README.md``: the model card.
+
+Loading never unpickles: only JSON and safetensors are read, every class in ``config.json`` must be
+on the allowlist of :mod:`lightning_rec.hub.config_tree`, and a repo with pickled weights only
+(``pytorch_model.bin``, ``*.ckpt``) is refused.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from huggingface_hub import HfApi, ModelHubMixin, snapshot_download
+from safetensors.torch import load_model, save_model
+
+from lightning_rec.atomic import atomic_path
+from lightning_rec.hub.config_tree import class_path_of, encode_init_value, instantiate_tree
+
+__all__ = ["CONFIG_FILE", "VOCAB_FILE", "WEIGHTS_FILE", "HubMixin"]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+VOCAB_FILE = "vocab.json"
+_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
+
+T = TypeVar("T", bound="HubMixin")
+
+
+class HubMixin(
+    ModelHubMixin,
+    library_name="lightning-rec",
+    tags=["lightning-rec", "recommendation"],
+    repo_url="https://github.com/lightning-rec/lightning-rec",
+):
+    """Mix into an ``nn.Module`` (first in the bases) to get ``save_pretrained`` / ``from_pretrained``
+    / ``push_to_hub`` with the full constructor tree, injected blocks included.
+
+    The constructor arguments are recorded when the object is created, so every argument must be
+    JSON-like or itself a :class:`HubMixin` (lightning-rec blocks are).
+    """
+
+    #: constructor arguments left out of ``config.json`` (e.g. where to fetch starting weights).
+    hub_config_exclude: ClassVar[tuple[str, ...]] = ()
+
+    #: every HubMixin subclass by class path, filled as classes are defined (the zoo's registry).
+    registry: ClassVar[dict[str, type[HubMixin]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        HubMixin.registry[class_path_of(cls)] = cls
+
+    @classmethod
+    def hub_example(cls) -> tuple[HubMixin, tuple[Any, ...]]:
+        """A tiny instance and an input for its ``forward``: what the registry round-trip test runs.
+
+        Every concrete block and module defines it, so it is tested the day it is registered.
+        """
+        raise NotImplementedError(f"{cls.__qualname__} defines no hub_example()")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> HubMixin:
+        instance = super().__new__(cls, *args, **kwargs)
+        signature = inspect.signature(cls.__init__)
+        # bind_partial: copy.deepcopy and unpickling call __new__ without arguments, then restore
+        # __dict__ (recorded arguments included).
+        bound = signature.bind_partial(None, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(signature.parameters)))  # self
+        object.__setattr__(instance, "_hub_init_arguments", arguments)
+        return instance
+
+    # ------------------------------------------------------------------ save
+    def config_tree(self) -> dict[str, Any]:
+        """``{"class_path": ..., "init_args": {...}}`` that rebuilds this object (before weights)."""
+        arguments = self._hub_init_arguments
+        return {
+            "class_path": class_path_of(type(self)),
+            "init_args": {
+                name: encode_init_value(name, value)
+                for name, value in arguments.items()
+                if name not in self.hub_config_exclude
+            },
+        }
+
+    def config_hparams(self) -> dict[str, Any]:
+        """The constructor tree as Lightning hyperparameters: JSON-only, and rebuilt by
+        ``LightningModule.load_from_checkpoint`` through LightningCLI's instantiator."""
+        tree = self.config_tree()
+        return {
+            "_class_path": tree["class_path"],  # the keys LightningCLI itself writes
+            **tree["init_args"],
+            "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        }
+
+    def hub_vocab(self) -> dict[str, Any] | None:
+        """Extra JSON saved as ``vocab.json`` (id maps, item side table); ``None`` writes nothing."""
+        return getattr(self, "vocab", None)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        with atomic_path(save_directory / CONFIG_FILE) as config:
+            config.write_text(json.dumps(self.config_tree(), indent=2))
+        with atomic_path(save_directory / WEIGHTS_FILE) as weights:
+            save_model(self, str(weights), metadata={"format": "pt", "class_path": class_path_of(type(self))})
+        vocab = self.hub_vocab()
+        if vocab is not None:
+            with atomic_path(save_directory / VOCAB_FILE) as vocab_file:
+                vocab_file.write_text(json.dumps(vocab))
+
+    def push_to_hub(
+        self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
+        """Save to a temporary folder and upload it to ``repo_id`` as one commit (the card names the repo)."""
+        card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
+        return super().push_to_hub(repo_id, model_card_kwargs=card_kwargs, **kwargs)
+
+    # ------------------------------------------------------------------ load
+    @classmethod
+    def from_pretrained(
+        cls: type[T],
+        pretrained_model_name_or_path: str | Path,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        device: str = "cpu",
+    ) -> T:
+        """Load a model saved by :meth:`save_pretrained` from a folder or a Hub repo id.
+
+        Returns the model in eval mode. Raises ``FileNotFoundError`` when the repo has no
+        ``model.safetensors`` (pickled weights are never loaded), ``UntrustedClassError`` when
+        ``config.json`` names a class outside the allowlist, ``TypeError`` when the repo holds
+        another class than ``cls``, and ``RuntimeError`` naming missing or unexpected weights.
+        """
+        source = str(pretrained_model_name_or_path)
+        if os.path.isdir(source):
+            folder = Path(source)
+        else:
+            folder = Path(
+                snapshot_download(
+                    repo_id=source,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    force_download=force_download,
+                    token=token,
+                    local_files_only=local_files_only,
+                    allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, "README.md"],
+                )
+            )
+        weights = folder / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"{source}: no {WEIGHTS_FILE}. lightning-rec loads weights from safetensors only and never "
+                f"unpickles a repo's files{_pickle_note(source, folder, revision, token, local_files_only)}"
+            )
+        config_path = folder / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{source}: no {CONFIG_FILE} to rebuild the model from")
+        tree = json.loads(config_path.read_text(encoding="utf-8"))
+        model = instantiate_tree(tree)
+        if not isinstance(model, cls):
+            raise TypeError(
+                f"{source} holds a {type(model).__name__} ({tree['class_path']}), not a {cls.__name__}"
+            )
+        try:
+            load_model(model, str(weights), strict=True, device=device)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"{source}: the weights in {WEIGHTS_FILE} do not match the model: {error}"
+            ) from error
+        vocab_path = folder / VOCAB_FILE
+        if vocab_path.is_file():
+            model.vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+        return model.eval()
+
+
+def _pickle_note(source: str, folder: Path, revision: str | None, token: Any, local_only: bool) -> str:
+    if folder.is_dir() and os.path.isdir(source):
+        names = os.listdir(folder)
+    elif local_only:
+        return ""
+    else:
+        try:
+            names = HfApi().list_repo_files(source, revision=revision, token=token)
+        except Exception:  # the note is a courtesy; the refusal stands whatever happens here
+            return ""
+    pickled = sorted(name for name in names if name.endswith(_PICKLE_SUFFIXES))
+    return f" (it has {', '.join(pickled)}, which would need unpickling)" if pickled else ""

@@ -1,0 +1,18 @@
+"""Ranking metrics as torchmetrics ``Metric`` subclasses (layer 1: no Lightning module code).
+
+- :class:`FullRankingMetrics`: Recall@K (= HR@K), NDCG@K, MRR@K against the full catalogue, from
+  dense scores or chunk by chunk from embeddings.
+- :class:`CandidateRankingMetrics`: HR@K, their mean and NDCG@10 over a short candidate list.
+- :func:`target_ranks`, :func:`target_ranks_from_embeddings`: the shared rank rule (ties count
+  against the target; non-finite scores raise).
+"""
+
+from lightning_rec.metrics.candidates import CandidateRankingMetrics
+from lightning_rec.metrics.ranking import FullRankingMetrics, target_ranks, target_ranks_from_embeddings
+
+__all__ = [
+    "CandidateRankingMetrics",
+    "FullRankingMetrics",
+    "target_ranks",
+    "target_ranks_from_embeddings",
+]

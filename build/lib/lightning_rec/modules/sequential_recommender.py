@@ -1,0 +1,238 @@
+"""``SequentialRecommender``: the shared LightningModule of next-item recommenders.
+
+It owns the uniform scoring interface (RecBole's ``calculate_loss`` / ``full_sort_predict`` idea):
+``user_representation`` gives one vector per history, ``item_embeddings`` one per item, and a score
+is their dot product. Methods subclass it and change the training step; evaluation, full-catalogue
+ranking, recommendation and optimisation are written once here.
+
+Axes: b batch, n max_len, d hidden, i items (+ 1 for padding), m supervised positions, g negatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import ModelCard
+from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
+
+from lightning_rec.blocks.sequence import SASRec as SASRecEncoder
+from lightning_rec.blocks.sequence import SequenceEncoder
+from lightning_rec.data.batches import EvalBatch, TrainBatch
+from lightning_rec.hub.cards import render_model_card
+from lightning_rec.metrics.ranking import FullRankingMetrics
+from lightning_rec.modules.ranking_module import RankingModule
+
+__all__ = ["SequentialRecommender"]
+
+LossName = Literal["ce", "bce"]
+
+
+class SequentialRecommender(RankingModule):
+    """Next-item recommendation over the full catalogue with any :class:`SequenceEncoder`.
+
+    Causal encoders (SASRec, GRU4Rec, HSTU) train with a next-item loss at every position. A
+    bidirectional encoder (BERT4Rec, ``encoder.causal == False``) trains with the cloze task: a
+    random ``cloze_mask_prob`` share of the items is replaced by the mask token and predicted;
+    at evaluation the mask token is appended after the history.
+
+    Args:
+        encoder: the sequence encoder (its ``num_items`` must match the data; the CLI links it).
+        loss: ``"ce"``, full-softmax cross-entropy over the catalogue (the default: stronger and the
+            protocol of RecBole's reference numbers), or ``"bce"``, binary cross-entropy with
+            ``num_negatives`` uniformly sampled negatives per position (the SASRec paper's setting).
+        num_negatives: negatives per position for ``loss="bce"``.
+        cloze_mask_prob: share of items masked for bidirectional encoders.
+        learning_rate, weight_decay: AdamW settings.
+        warmup_steps: linear learning-rate warm-up from 0 over this many optimizer steps.
+        ks: cut-offs of the Recall / NDCG / MRR metrics.
+        mask_history: exclude items already in the history from the ranking.
+        pretrained: a Hub repo id or folder saved by ``save_pretrained`` to start from: its weights
+            (and vocabulary) replace the initial ones, with ``strict=True``. Not written back to
+            ``config.json``, so a model fine-tuned from it loads without fetching it again.
+    """
+
+    hub_config_exclude = ("pretrained",)
+
+    def __init__(
+        self,
+        encoder: SequenceEncoder,
+        loss: LossName = "ce",
+        num_negatives: int = 1,
+        cloze_mask_prob: float = 0.2,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        ks: Sequence[int] = (5, 10, 20),
+        mask_history: bool = False,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__()
+        if loss not in ("ce", "bce"):
+            raise ValueError(f"loss must be 'ce' or 'bce', got {loss!r}")
+        if not encoder.causal and encoder.mask_token_id is None:
+            raise ValueError(
+                f"{type(encoder).__name__} is bidirectional but has no mask token for cloze training"
+            )
+        self.save_hyperparameters(self.config_hparams())
+        self.encoder = encoder
+        self.loss_name = loss
+        self.num_negatives = num_negatives
+        self.cloze_mask_prob = cloze_mask_prob
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.init_metrics(ks, mask_history)
+        self.vocab: dict[str, Any] | None = None
+        self.dataset_name = "unknown"
+        if pretrained is not None:
+            start = type(self).from_pretrained(pretrained)
+            self.load_state_dict(start.state_dict(), strict=True)
+            self.vocab = start.vocab
+
+    # ------------------------------------------------------- id maps / vocab
+    def setup(self, stage: str) -> None:
+        """Take the datamodule's id maps and item side table, to save them with the model."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "vocab"):
+            self.vocab = datamodule.vocab()
+            self.dataset_name = datamodule.dataset_name
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lightning_rec_config"] = self.config_tree()
+        if self.vocab is not None:
+            checkpoint["lightning_rec_vocab"] = self.vocab
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.vocab = checkpoint.get("lightning_rec_vocab", self.vocab)
+
+    def generate_model_card(self, repo_id: str = "<org>/<name>", **kwargs: Any) -> ModelCard:
+        """The SASRec-family card with this run's test metrics as the Hub's eval results."""
+        return render_model_card(
+            "sasrec",
+            config=self.config_tree(),
+            metrics=self.test_results,
+            dataset_name=self.dataset_name,
+            repo_id=repo_id,
+            method=type(self).__name__,
+            encoder=type(self.encoder).__name__,
+            loss=self.loss_name,
+            data_stats=f"{self.num_items} items",
+        )
+
+    @torch.no_grad()
+    def recommend_items(self, history: list[str], k: int = 10) -> list[str]:
+        """Raw item ids of the top-``k`` next items after a history of raw item ids (oldest first).
+
+        Needs the vocabulary saved with the model (trained on a datamodule, or loaded from the Hub).
+        Unknown ids in ``history`` are ignored.
+        """
+        if self.vocab is None:
+            raise ValueError("this model has no vocabulary: train it on a datamodule or load it from the Hub")
+        index = {item: i for i, item in enumerate(self.vocab["item_ids"]) if i > 0}
+        known = [index[item] for item in history if item in index][-self.encoder.max_len :]
+        input_ids = torch.zeros(1, self.encoder.max_len, dtype=torch.long, device=self.device)
+        if known:
+            input_ids[0, -len(known) :] = torch.tensor(known, device=self.device)
+        items, _ = self.recommend(input_ids, k=k)
+        return [self.vocab["item_ids"][i] for i in items[0].tolist()]
+
+    @classmethod
+    def hub_example(cls) -> tuple[SequentialRecommender, tuple[Tensor]]:
+        """A tiny model over a tiny SASRec encoder, and a batch of histories ``(3 8)``."""
+        encoder, inputs = SASRecEncoder.hub_example()
+        return cls(encoder=encoder), inputs
+
+    # ------------------------------------------------------------ scoring
+    @property
+    def num_items(self) -> int:
+        return self.encoder.num_items
+
+    def item_embeddings(self) -> Tensor:
+        """``(i d)``: one row per item index, row 0 the padding item."""
+        return self.encoder.item_embeddings()
+
+    def user_representation(self, input_ids: Tensor) -> Tensor:
+        """``(b n)`` left-padded history -> ``(b d)`` representation of the next item."""
+        if not self.encoder.causal:
+            # BERT4Rec: drop the oldest item and append the mask token, whose output predicts the next item.
+            mask = torch.full_like(input_ids[:, :1], self.encoder.mask_token_id)
+            input_ids = torch.cat([input_ids[:, 1:], mask], dim=1)
+        return self.encoder(input_ids)[:, -1]
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """``(b n)`` history -> ``(b i)`` scores of every item (column 0, padding, is ``-inf``)."""
+        scores = self.user_representation(input_ids) @ self.item_embeddings().T
+        scores[:, 0] = float("-inf")
+        return scores
+
+    @torch.no_grad()
+    def recommend(
+        self, input_ids: Tensor, k: int = 10, exclude_history: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """Top-``k`` item indices ``(b k)`` and their scores ``(b k)`` for each history ``(b n)``."""
+        scores = self(input_ids)
+        if exclude_history:
+            scores = scores.scatter(1, input_ids, float("-inf"))
+        top = scores.topk(k, dim=1)
+        return top.indices, top.values
+
+    # ------------------------------------------------------------ training
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
+        if self.encoder.causal:
+            hidden = self.encoder(batch.input_ids)  # (b n d)
+            targets = batch.target_ids
+        else:
+            cloze_input, targets = self._cloze(batch.target_ids)
+            hidden = self.encoder(cloze_input)
+        supervised = targets > 0
+        loss = self._next_item_loss(hidden[supervised], targets[supervised])  # (m d), (m)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def _cloze(self, sequence: Tensor) -> tuple[Tensor, Tensor]:
+        """Mask a random share of the real items of ``(b n)``; returns the masked input and targets
+        (0 where nothing is to predict). The last real item is always masked, as at evaluation."""
+        real = sequence > 0
+        masked = (torch.rand(sequence.shape, device=sequence.device) < self.cloze_mask_prob) & real
+        masked[:, -1] |= real[:, -1]
+        cloze_input = torch.where(masked, torch.full_like(sequence, self.encoder.mask_token_id), sequence)
+        return cloze_input, torch.where(masked, sequence, torch.zeros_like(sequence))
+
+    def _next_item_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """``hidden (m d)`` at supervised positions, ``targets (m)`` item indices -> scalar loss."""
+        item_embeddings = self.item_embeddings()
+        if self.loss_name == "ce":
+            logits = hidden @ item_embeddings.T  # (m i)
+            logits[:, 0] = float("-inf")  # never predict padding
+            return F.cross_entropy(logits, targets)
+        negatives = torch.randint(
+            1, self.num_items + 1, (len(targets), self.num_negatives), device=targets.device
+        )
+        positive_logits = (hidden * item_embeddings[targets]).sum(-1)  # (m)
+        negative_logits = torch.einsum("md,mgd->mg", hidden, item_embeddings[negatives])  # (m g)
+        return F.binary_cross_entropy_with_logits(
+            positive_logits, torch.ones_like(positive_logits)
+        ) + F.binary_cross_entropy_with_logits(negative_logits, torch.zeros_like(negative_logits))
+
+    # ---------------------------------------------------------- evaluation
+    def update_metrics(self, batch: EvalBatch, metrics: FullRankingMetrics) -> None:
+        query = self.user_representation(batch.input_ids)
+        metrics.update_from_embeddings(query, self.item_embeddings(), batch.target, batch.history)
+
+    def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Tensor]:
+        items, scores = self.recommend(batch.input_ids, k=max(self.hparams.ks))
+        return {"user_index": batch.user_index, "items": items, "scores": scores}
+
+    # ---------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        )
+        if self.warmup_steps <= 0:
+            return optimizer
+        warmup = LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / self.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
