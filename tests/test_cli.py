@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -94,3 +95,36 @@ def test_fit_can_start_from_a_saved_model(tmp_path, monkeypatch, data_cache):
     )
     ids = torch.randint(1, first.model.num_items + 1, (3, 50))
     assert torch.equal(second.model.eval()(ids), first.model.eval()(ids))
+
+
+DIFFUREASON = Path(__file__).resolve().parents[1] / "configs" / "diffureason"
+
+
+def test_diffureason_fit_then_test_from_the_shipped_config(tmp_path, monkeypatch, data_cache):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
+    config = str(DIFFUREASON / "synthetic.yaml")
+    fit = run_cli(["fit", "--config", config, *SMALL, "--model.grpo_warmup_steps", "0"])
+    assert fit.model.encoder.num_items == fit.datamodule.num_items
+    assert "train/grpo_clip_fraction" in fit.trainer.callback_metrics  # all three stages ran
+    checkpoint = tmp_path / "outputs" / "diffureason-synthetic" / "checkpoints" / "best.ckpt"
+    test = run_cli(["test", "--config", config, *SMALL, "--ckpt_path", str(checkpoint)])
+    assert math.isfinite(float(test.trainer.callback_metrics["test/ndcg@10"]))
+
+
+@pytest.mark.parametrize(
+    "row, switches",
+    [("backbone", (False, False, False)), ("thinking", (True, False, False)),
+     ("thinking-diffusion", (True, True, False))],
+)  # fmt: skip
+def test_diffureason_ablation_files_stack_on_a_config(row, switches, tmp_path, monkeypatch, data_cache):
+    from lightning_rec.cli import LightningRecCLI
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
+    arguments = ["--config", str(DIFFUREASON / "synthetic.yaml"),
+                 "--config", str(DIFFUREASON / "ablation" / f"{row}.yaml"), *SMALL]  # fmt: skip
+    cli = LightningRecCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
+                          subclass_mode_data=True, run=False, args=arguments)  # fmt: skip
+    model = cli.model
+    assert (model.thinking is not None, model.diffusion is not None, model.use_grpo) == switches

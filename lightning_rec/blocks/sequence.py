@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from lightning_rec.hub.mixin import HubMixin
@@ -91,11 +92,55 @@ class SequenceEncoder(HubMixin, nn.Module, ABC):
         """
         return F.pad(self.item_embedding.weight[1 : self.num_items + 1], (0, 0, 1, 0))
 
-    def forward(self, input_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, appended: Tensor | None = None) -> Tensor:
         """Encode item ids `b n` (LongTensor, 0 = padding) into hidden states `b n d`.
+
+        ``appended`` (optional, `b k d`): vectors in the encoder's input space placed as k extra
+        positions after the last real item (the thinking tokens of
+        :class:`~lightning_rec.blocks.ThinkingTokenEncoder`). They get no item position embedding
+        (they carry their own), causal encoders let them see every item and the earlier appended
+        vectors, and the items never see them. The output is then `b (n + k) d`, the appended
+        positions last.
 
         Outputs at padding positions are zeros.
         """
+        is_item = self.check_input_ids(input_ids)
+        if appended is None:
+            appended = self.item_embedding.weight.new_zeros(len(input_ids), 0, self.hidden_size)
+        elif (
+            appended.dim() != 3
+            or appended.shape[0] != len(input_ids)
+            or appended.shape[2] != self.hidden_size
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: appended must have shape (b, k, {self.hidden_size}) with "
+                f"b={len(input_ids)}, got {tuple(appended.shape)}"
+            )
+        hidden = self.encode(input_ids, is_item, appended)
+        # Padding outputs are whatever the layers made of them; zero them so that a loss or a
+        # pooling that forgets the mask still sees nothing there.
+        is_real = torch.cat([is_item, is_item.new_ones(appended.shape[:2])], dim=1)
+        return hidden * rearrange(is_real, "b n -> b n 1")
+
+    def encode_prefix(self, input_ids: Tensor) -> tuple[Tensor, object]:
+        """Encode a history `b n` for later extension: hidden states `b n d` and a prefix state.
+
+        :meth:`extend` then computes appended positions without re-encoding the history. Causal
+        transformers keep their per-layer keys and values (a KV cache), so each extension costs
+        k positions instead of n + k; other encoders keep the ids and re-encode.
+        """
+        return self(input_ids), input_ids
+
+    def extend(self, prefix: object, appended: Tensor) -> Tensor:
+        """Prefix state from :meth:`encode_prefix`, appended vectors `b k d` -> their outputs `b k d`.
+
+        Equal to ``self(input_ids, appended=appended)[:, n:]``.
+        """
+        input_ids = prefix
+        return self(input_ids, appended=appended)[:, input_ids.shape[1] :]
+
+    def check_input_ids(self, input_ids: Tensor) -> Tensor:
+        """Validate item ids `b n`; returns the real-item mask `b n` (bool)."""
         if input_ids.dim() != 2 or input_ids.dtype != torch.long:
             raise ValueError(
                 f"{type(self).__name__} expects item ids of shape (b, n) and dtype torch.long, "
@@ -106,15 +151,12 @@ class SequenceEncoder(HubMixin, nn.Module, ABC):
                 f"{type(self).__name__}: input has {input_ids.shape[1]} positions, more than "
                 f"max_len={self.max_len}; keep the most recent max_len items"
             )
-        is_item = input_ids != PADDING_ID
-        hidden = self.encode(input_ids, is_item)
-        # Padding outputs are whatever the layers made of them; zero them so that a loss or a
-        # pooling that forgets the mask still sees nothing there.
-        return hidden * rearrange(is_item, "b n -> b n 1")
+        return input_ids != PADDING_ID
 
     @abstractmethod
-    def encode(self, input_ids: Tensor, is_item: Tensor) -> Tensor:
-        """Item ids `b n` and the real-item mask `b n` (bool) -> hidden states `b n d`.
+    def encode(self, input_ids: Tensor, is_item: Tensor, appended: Tensor) -> Tensor:
+        """Item ids `b n`, the real-item mask `b n` (bool) and appended vectors `b k d` (k may be 0)
+        -> hidden states `b (n + k) d`.
 
         Values at padding positions are free (`forward` zeros them) but must be finite.
         """
@@ -129,6 +171,20 @@ def positions_from_end(is_item: Tensor) -> Tensor:
     """
     counts = is_item.long()
     return counts.sum(dim=1, keepdim=True) - counts.cumsum(dim=1)
+
+
+@dataclass
+class _KeyValueCache:
+    """A causal transformer's encoded history: per-layer keys and values `b h n d_head`, item mask `b n`."""
+
+    keys_values: list[tuple[Tensor, Tensor]]
+    is_item: Tensor
+
+
+def with_appended(hidden: Tensor, is_item: Tensor, appended: Tensor) -> tuple[Tensor, Tensor]:
+    """Item inputs `b n d` + appended vectors `b k d` -> inputs `b (n + k) d` and real mask `b (n + k)`."""
+    hidden = torch.cat([hidden, appended.to(hidden.dtype)], dim=1)
+    return hidden, torch.cat([is_item, is_item.new_ones(appended.shape[:2])], dim=1)
 
 
 def attention_mask(is_item: Tensor, causal: bool) -> Tensor:
@@ -176,19 +232,32 @@ class TransformerBlock(nn.Module):
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
         """hidden `b n d`, mask `b 1 n n` (bool, True = may attend) -> `b n d`."""
+        return self.forward_with_keys_values(hidden, mask)[0]
+
+    def forward_with_keys_values(
+        self, hidden: Tensor, mask: Tensor, prefix: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """As ``forward``, also returning this call's keys and values `b h n d_head` (a cache).
+
+        ``prefix``: cached keys and values `b h m d_head` of m earlier positions that the n queries
+        also attend to; ``mask`` is then `b 1 n (m + n)`, prefix keys first.
+        """
         q, k, v = rearrange(
             self.qkv(self.attention_norm(hidden)),
             "b n (three h d) -> three b h n d",
             three=3,
             h=self.num_heads,
         )
+        keys, values = (
+            (k, v) if prefix is None else (torch.cat([prefix[0], k], 2), torch.cat([prefix[1], v], 2))
+        )
         # Looked up on F at call time so tests can count the calls.
         attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            q, keys, values, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
         attended = self.attention_out(rearrange(attended, "b h n d -> b n (h d)"))
         hidden = hidden + self.residual_dropout(attended)
-        return hidden + self.residual_dropout(self.ffn(self.ffn_norm(hidden)))
+        return hidden + self.residual_dropout(self.ffn(self.ffn_norm(hidden))), (k, v)
 
 
 class _TransformerEncoder(SequenceEncoder):
@@ -216,15 +285,44 @@ class _TransformerEncoder(SequenceEncoder):
         )
         self.final_norm = nn.LayerNorm(hidden_size)
 
-    def encode(self, input_ids: Tensor, is_item: Tensor) -> Tensor:
+    def embed(self, input_ids: Tensor, is_item: Tensor) -> Tensor:
+        """Item ids `b n` -> layer inputs `b n d`."""
         # Item embeddings scaled by sqrt(d) as in the original SASRec (and the Transformer), so the
         # item signal is not drowned by the position embedding at init. RecBole does not scale.
         hidden = self.item_embedding(input_ids) * math.sqrt(self.hidden_size)
         hidden = hidden + self.position_embedding(positions_from_end(is_item))
-        hidden = self.embedding_dropout(hidden * rearrange(is_item, "b n -> b n 1"))
-        mask = attention_mask(is_item, causal=self.causal)
+        return self.embedding_dropout(hidden * rearrange(is_item, "b n -> b n 1"))
+
+    def encode(self, input_ids: Tensor, is_item: Tensor, appended: Tensor) -> Tensor:
+        hidden, is_real = with_appended(self.embed(input_ids, is_item), is_item, appended)
+        mask = attention_mask(is_real, causal=self.causal)
         for layer in self.layers:
             hidden = layer(hidden, mask)
+        return self.final_norm(hidden)
+
+    def encode_prefix(self, input_ids: Tensor) -> tuple[Tensor, object]:
+        if not self.causal:  # items attend to appended positions: nothing to cache
+            return super().encode_prefix(input_ids)
+        is_item = self.check_input_ids(input_ids)
+        hidden = self.embed(input_ids, is_item)
+        mask = attention_mask(is_item, causal=True)
+        cache = []
+        for layer in self.layers:
+            hidden, keys_values = layer.forward_with_keys_values(hidden, mask)
+            cache.append(keys_values)
+        return self.final_norm(hidden) * rearrange(is_item, "b n -> b n 1"), _KeyValueCache(cache, is_item)
+
+    def extend(self, prefix: object, appended: Tensor) -> Tensor:
+        if not isinstance(prefix, _KeyValueCache):
+            return super().extend(prefix, appended)
+        # Appended position i attends to the history's items and to appended positions <= i.
+        k = appended.shape[1]
+        history = repeat(prefix.is_item, "b m -> b 1 k m", k=k)
+        own = torch.ones(k, k, dtype=torch.bool, device=appended.device).tril().expand(len(appended), 1, k, k)
+        mask = torch.cat([history, own], dim=-1)
+        hidden = appended
+        for layer, keys_values in zip(self.layers, prefix.keys_values, strict=True):
+            hidden, _ = layer.forward_with_keys_values(hidden, mask, prefix=keys_values)
         return self.final_norm(hidden)
 
 
@@ -330,12 +428,16 @@ class GRU4Rec(SequenceEncoder):
         self.gru = nn.GRU(hidden_size, hidden_size, num_layers=num_layers, batch_first=True)
         self.projection = nn.Linear(hidden_size, hidden_size)
 
-    def encode(self, input_ids: Tensor, is_item: Tensor) -> Tensor:
-        # Stable sort puts the real items first, in their original order: `order[b, k]` is the
-        # position of the k-th real item. `argsort(order)` is the inverse permutation.
-        order = torch.argsort((~is_item).to(torch.uint8), dim=1, stable=True)
-        front_aligned = torch.gather(input_ids, 1, order)
-        states, _ = self.gru(self.embedding_dropout(self.item_embedding(front_aligned)))
+    def encode(self, input_ids: Tensor, is_item: Tensor, appended: Tensor) -> Tensor:
+        # Appended vectors continue the recurrence right after the last real item. Stable sort
+        # puts the real positions (items, then appended) first, in their original order:
+        # `order[b, k]` is the position of the k-th real one; `argsort(order)` is the inverse.
+        inputs, is_real = with_appended(
+            self.embedding_dropout(self.item_embedding(input_ids)), is_item, appended
+        )
+        order = torch.argsort((~is_real).to(torch.uint8), dim=1, stable=True)
+        front_aligned = torch.gather(inputs, 1, rearrange(order, "b n -> b n 1").expand_as(inputs))
+        states, _ = self.gru(front_aligned)
         hidden = self.projection(states)
         inverse = rearrange(torch.argsort(order, dim=1), "b n -> b n 1").expand_as(hidden)
         return torch.gather(hidden, 1, inverse)
@@ -413,10 +515,11 @@ class HSTU(SequenceEncoder):
         )
         self.final_norm = nn.LayerNorm(hidden_size)
 
-    def encode(self, input_ids: Tensor, is_item: Tensor) -> Tensor:
+    def encode(self, input_ids: Tensor, is_item: Tensor, appended: Tensor) -> Tensor:
         hidden = self.item_embedding(input_ids) * math.sqrt(self.hidden_size)
         hidden = self.embedding_dropout(hidden * rearrange(is_item, "b n -> b n 1"))
-        mask = attention_mask(is_item, causal=True).to(hidden.dtype)
+        hidden, is_real = with_appended(hidden, is_item, appended)
+        mask = attention_mask(is_real, causal=True).to(hidden.dtype)
         for layer in self.layers:
             hidden = layer(hidden, mask)
         return self.final_norm(hidden)

@@ -89,9 +89,17 @@ class SequentialRecommender(RankingModule):
         self.vocab: dict[str, Any] | None = None
         self.dataset_name = "unknown"
         if pretrained is not None:
-            start = type(self).from_pretrained(pretrained)
-            self.load_state_dict(start.state_dict(), strict=True)
-            self.vocab = start.vocab
+            self.load_pretrained(pretrained)
+
+    def load_pretrained(self, pretrained: str) -> None:
+        """Replace the weights (and vocabulary) by those of a Hub repo or folder, with ``strict=True``.
+
+        A subclass that adds blocks after ``super().__init__`` passes ``pretrained=None`` up and calls
+        this itself once every block exists (a strict load needs them all).
+        """
+        start = type(self).from_pretrained(pretrained)
+        self.load_state_dict(start.state_dict(), strict=True)
+        self.vocab = start.vocab
 
     # ------------------------------------------------------- id maps / vocab
     def setup(self, stage: str) -> None:

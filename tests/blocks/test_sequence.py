@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_rec.blocks import SEQUENCE_ENCODERS, BERT4Rec, SequenceEncoder
+from lightning_rec.blocks import HSTU, SEQUENCE_ENCODERS, BERT4Rec, GRU4Rec, SASRec, SequenceEncoder
 
 NUM_ITEMS = 20
 HIDDEN_SIZE = 16
@@ -208,3 +208,18 @@ def test_rejects_malformed_input(name: str) -> None:
         encoder(torch.ones(2, MAX_LEN))
     with pytest.raises(ValueError, match=r"\(b, n\)"):
         encoder(torch.ones(MAX_LEN, dtype=torch.long))
+
+
+@pytest.mark.parametrize("encoder_class", [SASRec, BERT4Rec, GRU4Rec, HSTU])
+@pytest.mark.parametrize("train", [False, True])
+def test_extending_an_encoded_prefix_equals_encoding_with_appended_positions(encoder_class, train):
+    """The KV cache (causal transformers) or the re-encoding fallback gives the full pass's outputs."""
+    torch.manual_seed(0)
+    encoder = encoder_class(num_items=30, hidden_size=16, max_len=12, dropout=0.0).train(train)
+    ids = torch.randint(1, 31, (4, 10), generator=torch.Generator().manual_seed(7))
+    ids[0, :6] = 0
+    appended = torch.randn(4, 3, 16)
+    hidden, prefix = encoder.encode_prefix(ids)
+    full = encoder(ids, appended=appended)
+    torch.testing.assert_close(hidden, encoder(ids), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(encoder.extend(prefix, appended), full[:, 10:], atol=1e-5, rtol=1e-4)

@@ -1,0 +1,321 @@
+"""DiffuReason: Think-then-Diffuse sequential recommendation (arXiv 2602.09744).
+
+Thinking tokens reason over the user's history and form an intent hypothesis (Think); a diffusion
+head refines it, treating the intent as a distribution and denoising the reasoning's noise
+(Diffuse); GRPO aligns reasoning and refinement with the ranking metric, end to end in one stage.
+The paper gives no code; the blocks follow ReaRec (thinking) and DreamRec/DiffuRec (diffusion), see
+``../shared/specs/diffureason.md`` for what is the paper's and what is ours.
+
+A training step, as the method's algorithm box (one batch of training windows; the "request" of a
+window is its last position, whose target is the next item):
+
+1. Backbone: h = encoder(history), next-item cross-entropy at every position (SASRec's loss).
+2. Think: K thought vectors from the request position; the last is the intent hypothesis h0.
+3. Diffuse: diffusion loss on the target item's embedding (direction, scaled to the hidden size)
+   conditioned on the thoughts; the deterministic reverse process (eta = 0) refines h0 into the
+   intent; cross-entropy over the full catalogue on the refined intent and on h0.
+4. Align (after ``grpo_warmup_steps``): G stochastic reverse processes (eta > 0) per request, reward
+   = NDCG (1 / log2(rank + 1)) or reciprocal rank of the target under each sampled intent, group
+   z-scored advantages, PPO-clipped policy loss on the per-step log-probabilities.
+
+Total loss = CE_backbone + w_intent (CE_intent + CE_h0) + w_diffusion L_diffusion + w_grpo L_GRPO.
+The switches ``use_thinking``, ``use_diffusion`` and ``use_grpo`` give each ablation row from one
+YAML; all three off is the backbone alone (SASRec with the default encoder).
+
+Axes: b batch (requests), n history positions, k thoughts, d hidden, g group samples, s sampler
+steps, i items (+ 1 for padding).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from huggingface_hub import ModelCard
+from torch import Tensor
+
+from lightning_rec.blocks.diffusion import DiffusionHead
+from lightning_rec.blocks.sequence import SASRec as SASRecEncoder
+from lightning_rec.blocks.sequence import SequenceEncoder
+from lightning_rec.blocks.thinking import ThinkingTokenEncoder
+from lightning_rec.data.batches import TrainBatch
+from lightning_rec.hub.cards import render_model_card
+from lightning_rec.modules.sequential_recommender import LossName, SequentialRecommender
+from lightning_rec.objectives.grpo import grpo_loss
+
+__all__ = ["DiffuReason"]
+
+RewardName = Literal["ndcg", "reciprocal_rank"]
+
+
+class DiffuReason(SequentialRecommender):
+    """DiffuReason (arXiv 2602.09744) over any :class:`SequenceEncoder` backbone.
+
+    Args:
+        encoder: the backbone (SASRec by default in the configs; BERT4Rec, GRU4Rec, HSTU work).
+        num_thinking_tokens: K latent reasoning steps (Think).
+        diffusion: the diffusion head (Diffuse); default ``DiffusionHead(hidden_size=encoder.hidden_size)``.
+        use_thinking: Think stage on; off, the diffusion is conditioned on the backbone's last state.
+        use_diffusion: Diffuse stage on; off, the last thought (or the backbone state) is the intent.
+        use_grpo: GRPO alignment on (needs ``use_diffusion``: the policy is the reverse process).
+        intent_loss_weight: weight of the cross-entropy on the refined intent and on h0.
+        diffusion_loss_weight: lambda_diff, weight of the diffusion (x0-MSE) loss.
+        grpo_loss_weight: lambda_grpo, weight of the GRPO loss.
+        grpo_warmup_steps: optimizer steps before GRPO starts (the reverse process must first be a
+            sensible policy for group-relative rewards to say anything).
+        group_size: G sampled intents per request.
+        sampling_eta: DDIM eta of the sampled reverse processes (> 0: a stochastic policy).
+        reward: ``"ndcg"`` (1 / log2(rank + 1), NDCG with one relevant item) or ``"reciprocal_rank"``.
+        clip_epsilon: PPO clip range of the policy ratio.
+        kl_coef: weight of the k3 KL to a frozen copy of the diffusion head taken when GRPO starts
+            (0 disables the copy).
+        loss, num_negatives, cloze_mask_prob, learning_rate, weight_decay, warmup_steps, ks,
+            mask_history, pretrained: as :class:`SequentialRecommender`.
+    """
+
+    def __init__(
+        self,
+        encoder: SequenceEncoder,
+        num_thinking_tokens: int = 2,
+        diffusion: DiffusionHead | None = None,
+        use_thinking: bool = True,
+        use_diffusion: bool = True,
+        use_grpo: bool = True,
+        intent_loss_weight: float = 1.0,
+        diffusion_loss_weight: float = 1.0,
+        grpo_loss_weight: float = 0.1,
+        grpo_warmup_steps: int = 200,
+        group_size: int = 8,
+        sampling_eta: float = 1.0,
+        reward: RewardName = "ndcg",
+        clip_epsilon: float = 0.2,
+        kl_coef: float = 0.0,
+        loss: LossName = "ce",
+        num_negatives: int = 1,
+        cloze_mask_prob: float = 0.2,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        ks: Sequence[int] = (5, 10, 20),
+        mask_history: bool = False,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__(
+            encoder,
+            loss=loss,
+            num_negatives=num_negatives,
+            cloze_mask_prob=cloze_mask_prob,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            ks=ks,
+            mask_history=mask_history,
+        )
+        if use_grpo and not use_diffusion:
+            raise ValueError(
+                "use_grpo=True needs use_diffusion=True: the GRPO policy is the reverse diffusion"
+            )
+        if reward not in ("ndcg", "reciprocal_rank"):
+            raise ValueError(f"reward must be 'ndcg' or 'reciprocal_rank', got {reward!r}")
+        if use_grpo and (group_size < 2 or sampling_eta <= 0):
+            raise ValueError(
+                f"GRPO needs group_size >= 2 and sampling_eta > 0 (a stochastic policy), got "
+                f"group_size={group_size}, sampling_eta={sampling_eta}"
+            )
+        self.use_thinking = use_thinking
+        self.use_diffusion = use_diffusion
+        self.use_grpo = use_grpo
+        self.thinking = ThinkingTokenEncoder(encoder, num_thinking_tokens) if use_thinking else None
+        if use_diffusion:
+            diffusion = diffusion if diffusion is not None else DiffusionHead(hidden_size=encoder.hidden_size)
+            if diffusion.hidden_size != encoder.hidden_size:
+                raise ValueError(
+                    f"diffusion.hidden_size={diffusion.hidden_size} must equal the encoder's "
+                    f"hidden_size={encoder.hidden_size}"
+                )
+        self.diffusion = diffusion if use_diffusion else None
+        self.intent_loss_weight = intent_loss_weight
+        self.diffusion_loss_weight = diffusion_loss_weight
+        self.grpo_loss_weight = grpo_loss_weight
+        self.grpo_warmup_steps = grpo_warmup_steps
+        self.group_size = group_size
+        self.sampling_eta = sampling_eta
+        self.reward_name = reward
+        self.clip_epsilon = clip_epsilon
+        self.kl_coef = kl_coef
+        # The KL reference is a frozen snapshot, not a submodule: it is neither trained nor saved
+        # (a resumed run takes a new snapshot when GRPO resumes).
+        self._reference: DiffusionHead | None = None
+        if pretrained is not None:
+            self.load_pretrained(pretrained)
+
+    @classmethod
+    def hub_example(cls) -> tuple[DiffuReason, tuple[Tensor]]:
+        """A tiny DiffuReason over a tiny SASRec (d 16) and a tiny diffusion head; histories ``(3 8)``."""
+        encoder, inputs = SASRecEncoder.hub_example()
+        head = DiffusionHead(hidden_size=16, num_steps=8, sampling_steps=4)
+        return cls(encoder=encoder, diffusion=head, group_size=2), inputs
+
+    def generate_model_card(self, repo_id: str = "<org>/<name>", **kwargs: Any) -> ModelCard:
+        """The DiffuReason card with this run's test metrics as the Hub's eval results."""
+        return render_model_card(
+            "diffureason",
+            config=self.config_tree(),
+            metrics=self.test_results,
+            dataset_name=self.dataset_name,
+            repo_id=repo_id,
+            encoder=type(self.encoder).__name__,
+            stages=", ".join(self._stages()),
+            data_stats=f"{self.num_items} items",
+        )
+
+    def _stages(self) -> list[str]:
+        names = [f"Think (K={self.thinking.num_thinking_tokens})" if self.thinking else "no Think"]
+        names.append("Diffuse" if self.diffusion else "no Diffuse")
+        names.append("GRPO" if self.use_grpo else "no GRPO")
+        return names
+
+    # ------------------------------------------------------------ Think, Diffuse
+    def request_ids(self, input_ids: Tensor) -> Tensor:
+        """``(b n)`` left-padded history -> the ids whose last position represents the next item.
+
+        Causal encoders read the history as is; a bidirectional encoder drops the oldest item and
+        appends its mask token (BERT4Rec's inference input).
+        """
+        if self.encoder.causal:
+            return input_ids
+        mask = torch.full_like(input_ids[:, :1], self.encoder.mask_token_id)
+        return torch.cat([input_ids[:, 1:], mask], dim=1)
+
+    def condition(self, request_ids: Tensor, prefix: tuple[Tensor, object] | None = None) -> Tensor:
+        """Think: ``(b n)`` request ids -> the diffusion condition ``(b k d)``; ``[:, -1]`` is h0.
+
+        Without thinking the condition is the backbone's last state ``(b 1 d)``. ``prefix``:
+        ``encoder.encode_prefix(request_ids)`` when already computed.
+        """
+        if self.thinking is not None:
+            return self.thinking(request_ids, prefix=prefix)
+        hidden = prefix[0] if prefix is not None else self.encoder(request_ids)
+        return hidden[:, -1:]
+
+    def user_representation(self, input_ids: Tensor) -> Tensor:
+        """``(b n)`` history -> ``(b d)`` refined intent (deterministic: eta = 0, fixed start noise)."""
+        condition = self.condition(self.request_ids(input_ids))
+        if self.diffusion is None:
+            return condition[:, -1]
+        return self.diffusion(condition)
+
+    def intent_target(self, target_ids: Tensor) -> Tensor:
+        """``(b)`` targets -> the diffusion's x0 ``(b d)``: the target embedding's direction at norm sqrt(d).
+
+        The encoder's states leave a LayerNorm (norm about sqrt(d)) while item embeddings start near
+        norm 0.02 sqrt(d); diffusing the raw embedding would pull the intent towards zero and fight
+        the ranking loss. The direction is what a dot-product ranking needs. No gradient flows into
+        the item table from here (stop-grad, as DreamRec), so the diffusion cannot collapse it.
+        """
+        target = self.item_embeddings()[target_ids].detach()
+        return F.normalize(target, dim=-1) * math.sqrt(self.encoder.hidden_size)
+
+    # ------------------------------------------------------------ training
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
+        batch_size = len(batch)
+        # 1. Backbone: next-item loss at every position (cloze for bidirectional encoders).
+        if self.encoder.causal:
+            # The encoded history (a KV cache for transformers) is reused by the Think stage.
+            request_prefix = hidden, _ = self.encoder.encode_prefix(batch.input_ids)  # (b n d)
+            targets = batch.target_ids
+        else:
+            cloze_input, targets = self._cloze(batch.target_ids)
+            hidden = self.encoder(cloze_input)
+            request_prefix = None
+        supervised = targets > 0
+        loss = backbone_loss = self._next_item_loss(hidden[supervised], targets[supervised])
+        logs = {"train/backbone_loss": backbone_loss}
+
+        request_target = batch.target_ids[:, -1]  # (b) the window's last next item: always real
+        if self.thinking is not None or self.diffusion is not None:
+            # 2. Think.
+            condition = self.condition(self.request_ids(batch.input_ids), request_prefix)  # (b k d)
+            hypothesis = condition[:, -1]
+            # 3. Diffuse: learn to denoise the target intent, then rank with the refined intent.
+            if self.diffusion is not None:
+                diffusion_loss = self.diffusion.loss(self.intent_target(request_target), condition)
+                intent = self.diffusion.sample(condition, eta=0.0).x0
+                intent_loss = self._next_item_loss(intent, request_target) + self._next_item_loss(
+                    hypothesis, request_target
+                )
+                loss = loss + self.diffusion_loss_weight * diffusion_loss
+                logs["train/diffusion_loss"] = diffusion_loss
+            else:
+                intent_loss = self._next_item_loss(hypothesis, request_target)
+            loss = loss + self.intent_loss_weight * intent_loss
+            logs["train/intent_loss"] = intent_loss
+            # 4. Align the reverse process with the ranking metric.
+            if self.use_grpo and self.global_step >= self.grpo_warmup_steps:
+                grpo, diagnostics = self.grpo_step(condition, request_target)
+                loss = loss + self.grpo_loss_weight * grpo
+                logs.update({f"train/grpo_{name}": value for name, value in diagnostics.items()})
+        self.log_dict(logs, batch_size=batch_size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def grpo_step(self, condition: Tensor, target_ids: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """GRPO on the reverse diffusion: condition ``(b k d)``, targets ``(b)`` -> loss, diagnostics.
+
+        Each of the G sampled intents is scored over the full catalogue; its reward is the ranking
+        utility of the target. The sampled trajectories are the actions and their per-step
+        Gaussian log-probabilities the policy's log-likelihood (as DDPO, arXiv 2305.13301). One
+        update per sample batch, so the old log-probabilities are the current ones, detached.
+        """
+        group = repeat(condition, "b k d -> (b g) k d", g=self.group_size)
+        # The policy is the reverse process without dropout: a dropout mask would be part of the
+        # action's density that neither the KL reference nor a later ratio could reproduce.
+        training = self.diffusion.training
+        self.diffusion.eval()
+        try:
+            sample = self.diffusion.sample(group, eta=self.sampling_eta)
+        finally:
+            self.diffusion.train(training)
+        with torch.no_grad():
+            targets = repeat(target_ids, "b -> (b g)", g=self.group_size)
+            rewards = rearrange(self.ranking_reward(sample.x0, targets), "(b g) -> b g", g=self.group_size)
+        log_probs = rearrange(sample.log_probs, "(b g) s -> b g s", g=self.group_size)
+        reference = None
+        if self.kl_coef > 0:
+            if self._reference is None:
+                # object.__setattr__: an nn.Module attribute would be registered (trained, saved).
+                object.__setattr__(
+                    self, "_reference", copy.deepcopy(self.diffusion).requires_grad_(False).eval()
+                )
+            with torch.no_grad():
+                reference = self._reference.trajectory_log_probs(
+                    group, sample.trajectory, sample.timesteps, self.sampling_eta
+                )
+            reference = rearrange(reference, "(b g) s -> b g s", g=self.group_size)
+        return grpo_loss(
+            log_probs,
+            log_probs.detach(),
+            rewards,
+            clip_epsilon=self.clip_epsilon,
+            ref_log_probs=reference,
+            kl_coef=self.kl_coef,
+        )
+
+    def ranking_reward(self, intents: Tensor, target_ids: Tensor) -> Tensor:
+        """Intents ``(m d)``, targets ``(m)`` -> reward ``(m)``: the target's utility under full ranking.
+
+        rank = 1 + the number of items scoring at least as high as the target (ties count against
+        it, as the metrics do); NDCG reward 1 / log2(rank + 1), or reciprocal rank 1 / rank.
+        """
+        scores = intents @ self.item_embeddings().T  # (m i)
+        scores[:, 0] = float("-inf")
+        target_scores = scores.gather(1, target_ids[:, None])
+        rank = (scores >= target_scores).sum(dim=1).float()  # the target itself counts once
+        if self.reward_name == "ndcg":
+            return 1.0 / torch.log2(rank + 1.0)
+        return 1.0 / rank
