@@ -336,6 +336,7 @@ class DiffusionHead(HubMixin, nn.Module):
         generator: torch.Generator | None = None,
         x_start: Tensor | None = None,
         strength: float = 1.0,
+        start_noise: Tensor | None = None,
     ) -> DiffusionSample:
         """DDIM reverse process over a strided schedule (Song et al. 2020, Eq. 12).
 
@@ -351,7 +352,8 @@ class DiffusionHead(HubMixin, nn.Module):
 
         Start: without `x_start`, x_{t_S} ~ N(0, I); with it, x_{t_S} = q_sample(x_start, t_S, noise)
         (SDEdit-style: start from a guess, noised to `strength` in (0, 1] of the schedule).
-        Every draw uses `generator`, so a generator state fixes the result.
+        `start_noise` `b d` replaces the first draw (zeros: start from the prior's mean). Every draw
+        uses `generator`, so a generator state fixes the result.
 
         Each sampled x_{t_{i+1}} is an action (DDPO): the step's input x_{t_i} is detached, and
         `log_probs[:, i]` is the density of the detached action under the step's mean, so gradient
@@ -369,7 +371,13 @@ class DiffusionHead(HubMixin, nn.Module):
             )
         schedule = self._strided_timesteps(self.sampling_steps if steps is None else steps, strength)
         batch, device = condition.shape[0], condition.device
-        noise = torch.randn(batch, self.hidden_size, generator=generator, device=device, dtype=torch.float32)
+        if start_noise is None:
+            noise = torch.randn(
+                batch, self.hidden_size, generator=generator, device=device, dtype=torch.float32
+            )
+        else:
+            self._check_vectors("start_noise", start_noise, batch)
+            noise = start_noise.float()
         if x_start is None:
             x_t = noise
         else:
@@ -446,9 +454,13 @@ class DiffusionHead(HubMixin, nn.Module):
 
     def forward(self, condition: Tensor) -> Tensor:
         """condition `b k d` -> x0 `b d`: deterministic DDIM (eta = 0) over `sampling_steps` steps,
-        from noise drawn by a generator seeded with 0 on the condition's device."""
-        generator = torch.Generator(device=condition.device).manual_seed(0)
-        return self.sample(condition, generator=generator).x0
+        started at the prior's mean (zero noise).
+
+        No random draw at all, so a row's result depends on its condition only: not on the batch
+        it is in, the process that scores it under DDP, or any random state.
+        """
+        start = condition.new_zeros(condition.shape[0], self.hidden_size, dtype=torch.float32)
+        return self.sample(condition, start_noise=start).x0
 
     def _reverse_step(
         self, x_t: Tensor, t: Tensor, t_prev: Tensor, condition: Tensor, eta: float

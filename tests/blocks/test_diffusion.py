@@ -326,3 +326,17 @@ def test_bad_constructor_arguments_raise():
         DiffusionHead(schedule="quadratic")
     with pytest.raises(ValueError, match="denoiser"):
         DiffusionHead(denoiser="unet")
+
+
+def test_forward_is_batch_independent():
+    """Inference starts at the prior's mean: a row's result does not depend on its batch (DDP shards)."""
+    torch.manual_seed(0)
+    head = DiffusionHead(hidden_size=16, num_steps=8, sampling_steps=4, dropout=0.0).eval()
+    torch.nn.init.normal_(head.denoiser.output.weight, std=0.3)
+    condition = torch.randn(6, 2, 16)
+    whole = head(condition)
+    parts = torch.cat([head(condition[:2]), head(condition[2:])])
+    torch.testing.assert_close(whole, parts)
+    zero_start = head.sample(condition, start_noise=torch.zeros(6, 16)).x0
+    torch.testing.assert_close(whole, zero_start)
+    assert not torch.allclose(whole, head.sample(condition, generator=torch.Generator().manual_seed(1)).x0)

@@ -1,4 +1,4 @@
-"""SASRec under ``Trainer(strategy="ddp", accelerator="cpu", devices=2)`` gives the single-process metrics."""
+"""SASRec and DiffuReason under ``Trainer(strategy="ddp", accelerator="cpu", devices=2)`` = one process."""
 
 import json
 import subprocess
@@ -10,19 +10,20 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_sasrec_script import build
+from ddp_fit_script import build
 
 
-def test_ddp_fit_and_test_match_a_single_process_test(tmp_path, data_cache, ddp_env):
-    script = Path(__file__).parent / "ddp_sasrec_script.py"
+@pytest.mark.parametrize("method", ["sasrec", "diffureason"])
+def test_ddp_fit_and_test_match_a_single_process_test(method, tmp_path, data_cache, ddp_env):
+    script = Path(__file__).parent / "ddp_fit_script.py"
     env = ddp_env
-    done = subprocess.run([sys.executable, str(script), data_cache, str(tmp_path)], env=env, timeout=300,
-                          capture_output=True, text=True)  # fmt: skip
+    command = [sys.executable, str(script), method, data_cache, str(tmp_path)]
+    done = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp.json").read_text())
     assert ddp["queries"] % 2 == 0, "an odd query count would make the DistributedSampler repeat one"
 
-    model, data = build(data_cache)
+    model, data = build(method, data_cache)
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)  # written by the script above
     model.load_state_dict(checkpoint["state_dict"])
     single = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
