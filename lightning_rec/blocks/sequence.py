@@ -131,13 +131,43 @@ class SequenceEncoder(HubMixin, nn.Module, ABC):
         """
         return self(input_ids), input_ids
 
-    def extend(self, prefix: object, appended: Tensor) -> Tensor:
-        """Prefix state from :meth:`encode_prefix`, appended vectors `b k d` -> their outputs `b k d`.
+    def extend(self, prefix: object, appended: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Prefix state from :meth:`encode_prefix`, appended vectors -> their outputs, same shape.
 
-        Equal to ``self(input_ids, appended=appended)[:, n:]``.
+        Without ``positions``: appended `b k d` follow the last position; equal to
+        ``self(input_ids, appended=appended)[:, n:]``.
+
+        With ``positions`` `b r` (long, indices into the n positions): appended `b r k d`, where the k
+        vectors of request r follow position t = ``positions[b, r]`` and see the history's states up
+        to t only, as encoded in this window (the states a next-item loss at t reads); requests do
+        not see each other. Causal encoders only. GRU4Rec and HSTU are causal in everything, so
+        this re-encodes each request's history with the items after t replaced by padding; SASRec
+        numbers positions from the window's end, so it reads its KV cache instead.
         """
         input_ids = prefix
-        return self(input_ids, appended=appended)[:, input_ids.shape[1] :]
+        if positions is None:
+            return self(input_ids, appended=appended)[:, input_ids.shape[1] :]
+        self._check_requests(appended, positions)
+        # Re-encode each request's history with the later items replaced by padding.
+        n, r = input_ids.shape[1], positions.shape[1]
+        later = torch.arange(n, device=input_ids.device) > rearrange(positions, "b r -> b r 1")  # (b r n)
+        histories = torch.where(later, PADDING_ID, rearrange(input_ids, "b n -> b 1 n"))
+        outputs = self(
+            rearrange(histories, "b r n -> (b r) n"), appended=rearrange(appended, "b r k d -> (b r) k d")
+        )
+        return rearrange(outputs[:, n:], "(b r) k d -> b r k d", r=r)
+
+    def _check_requests(self, appended: Tensor, positions: Tensor) -> None:
+        if not self.causal:
+            raise ValueError(
+                f"{type(self).__name__} is bidirectional: its history outputs depend on later items, so "
+                "appended vectors can only follow the last position (call extend without positions)"
+            )
+        if positions.dim() != 2 or appended.dim() != 4 or appended.shape[:2] != positions.shape:
+            raise ValueError(
+                f"{type(self).__name__}.extend: positions must be (b, r) and appended (b, r, k, d); got "
+                f"{tuple(positions.shape)} and {tuple(appended.shape)}"
+            )
 
     def check_input_ids(self, input_ids: Tensor) -> Tensor:
         """Validate item ids `b n`; returns the real-item mask `b n` (bool)."""
@@ -312,18 +342,24 @@ class _TransformerEncoder(SequenceEncoder):
             cache.append(keys_values)
         return self.final_norm(hidden) * rearrange(is_item, "b n -> b n 1"), _KeyValueCache(cache, is_item)
 
-    def extend(self, prefix: object, appended: Tensor) -> Tensor:
+    def extend(self, prefix: object, appended: Tensor, positions: Tensor | None = None) -> Tensor:
         if not isinstance(prefix, _KeyValueCache):
-            return super().extend(prefix, appended)
-        # Appended position i attends to the history's items and to appended positions <= i.
-        k = appended.shape[1]
-        history = repeat(prefix.is_item, "b m -> b 1 k m", k=k)
-        own = torch.ones(k, k, dtype=torch.bool, device=appended.device).tril().expand(len(appended), 1, k, k)
-        mask = torch.cat([history, own], dim=-1)
-        hidden = appended
+            return super().extend(prefix, appended, positions)
+        is_item = prefix.is_item
+        if positions is None:
+            positions = torch.full((len(is_item), 1), is_item.shape[1] - 1, device=is_item.device)
+            return self.extend(prefix, rearrange(appended, "b k d -> b 1 k d"), positions)[:, 0]
+        self._check_requests(appended, positions)
+        # Appended vector (r, i) attends to the items up to position[r] and to (r, j <= i).
+        n, (r, k) = is_item.shape[1], appended.shape[1:3]
+        sees_item = torch.arange(n, device=is_item.device) <= rearrange(positions, "b r -> b r 1")
+        history = repeat(sees_item & rearrange(is_item, "b n -> b 1 n"), "b r n -> b 1 (r k) n", k=k)
+        own = torch.block_diag(*[torch.ones(k, k, dtype=torch.bool, device=is_item.device).tril()] * r)
+        mask = torch.cat([history, own.expand(len(is_item), 1, r * k, r * k)], dim=-1)
+        hidden = rearrange(appended, "b r k d -> b (r k) d")
         for layer, keys_values in zip(self.layers, prefix.keys_values, strict=True):
             hidden, _ = layer.forward_with_keys_values(hidden, mask, prefix=keys_values)
-        return self.final_norm(hidden)
+        return rearrange(self.final_norm(hidden), "b (r k) d -> b r k d", r=r)
 
 
 class SASRec(_TransformerEncoder):

@@ -15,6 +15,7 @@ Axis legend: b batch, n history positions, k thinking steps, d hidden size.
 from __future__ import annotations
 
 import torch
+from einops import repeat
 from torch import Tensor, nn
 
 from lightning_rec.blocks.sequence import SASRec, SequenceEncoder
@@ -52,19 +53,33 @@ class ThinkingTokenEncoder(HubMixin, nn.Module):
         encoder, inputs = SASRec.hub_example()
         return cls(encoder, num_thinking_tokens=2), inputs
 
-    def forward(self, input_ids: Tensor, prefix: tuple[Tensor, object] | None = None) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, prefix: tuple[Tensor, object] | None = None, positions: Tensor | None = None
+    ) -> Tensor:
         """Item ids `b n` (left-padded) -> thoughts `b k d`; the last, `[:, -1]`, is the intent hypothesis.
 
         ``prefix`` (optional): ``encoder.encode_prefix(input_ids)`` when the caller has it already
         (a training step needs the hidden states for the next-item loss), saving one encoder pass.
         Causal transformers extend a KV cache, so each step costs its appended positions only.
+
+        ``positions`` (optional, `b r` long, causal encoders): think at these positions instead of
+        the last, each from the history up to it -> thoughts `b r k d`. One encoded window then
+        yields r requests, as a next-item loss at every position does.
         """
         hidden, state = prefix if prefix is not None else self.encoder.encode_prefix(input_ids)
+        if positions is None:
+            start = hidden[:, -1:]  # (b 1 d): one request, at the last position
+        else:
+            start = hidden.gather(1, repeat(positions, "b r -> b r d", d=hidden.shape[-1]))  # (b r d)
         thoughts: list[Tensor] = []
         for step in range(self.num_thinking_tokens):
             # Inputs [h + r_1, t_1 + r_2, ..., t_step + r_(step+1)]: each appended position is the
             # previous step's output plus that step's marker.
-            inputs = torch.stack([hidden[:, -1], *thoughts], dim=1)
+            inputs = torch.stack([start, *thoughts], dim=2)  # (b r step+1 d)
             inputs = inputs + self.reasoning_position_embedding.weight[: step + 1]
-            thoughts.append(self.encoder.extend(state, inputs)[:, -1])
-        return torch.stack(thoughts, dim=1)
+            if positions is None:
+                thoughts.append(self.encoder.extend(state, inputs[:, 0])[:, None, -1])
+            else:
+                thoughts.append(self.encoder.extend(state, inputs, positions)[:, :, -1])
+        thoughts_tensor = torch.stack(thoughts, dim=2)  # (b r k d)
+        return thoughts_tensor[:, 0] if positions is None else thoughts_tensor

@@ -6,17 +6,18 @@ head refines it, treating the intent as a distribution and denoising the reasoni
 The paper gives no code; the blocks follow ReaRec (thinking) and DreamRec/DiffuRec (diffusion), see
 ``../shared/specs/diffureason.md`` for what is the paper's and what is ours.
 
-A training step, as the method's algorithm box (one batch of training windows; the "request" of a
-window is its last position, whose target is the next item):
+A training step, as the method's algorithm box (one batch of training windows; a "request" is a
+window position whose target is the next item: the last position and ``requests_per_window - 1``
+random others, all read from the one encoded window):
 
 1. Backbone: h = encoder(history), next-item cross-entropy at every position (SASRec's loss).
-2. Think: K thought vectors from the request position; the last is the intent hypothesis h0.
+2. Think: K thought vectors at each request position; the last is the intent hypothesis h0.
 3. Diffuse: diffusion loss on the target item's embedding (direction, scaled to the hidden size)
    conditioned on the thoughts; the deterministic reverse process (eta = 0) refines h0 into the
    intent; cross-entropy over the full catalogue on the refined intent and on h0.
-4. Align (after ``grpo_warmup_steps``): G stochastic reverse processes (eta > 0) per request, reward
-   = NDCG (1 / log2(rank + 1)) or reciprocal rank of the target under each sampled intent, group
-   z-scored advantages, PPO-clipped policy loss on the per-step log-probabilities.
+4. Align (after ``grpo_warmup_steps``): G stochastic reverse processes (eta > 0) at each window's
+   last request, reward = NDCG (1 / log2(rank + 1)) or reciprocal rank of the target under each
+   sampled intent, group z-scored advantages, PPO-clipped policy loss on per-step log-probabilities.
 
 Total loss = CE_backbone + w_intent (CE_intent + CE_h0) + w_diffusion L_diffusion + w_grpo L_GRPO.
 The switches ``use_thinking``, ``use_diffusion`` and ``use_grpo`` give each ablation row from one
@@ -60,6 +61,11 @@ class DiffuReason(SequentialRecommender):
         encoder: the backbone (SASRec by default in the configs; BERT4Rec, GRU4Rec, HSTU work).
         num_thinking_tokens: K latent reasoning steps (Think).
         diffusion: the diffusion head (Diffuse); default ``DiffusionHead(hidden_size=encoder.hidden_size)``.
+        requests_per_window: positions of each training window trained as requests by Think and
+            Diffuse: the last one plus random others (causal encoders; a bidirectional encoder
+            sees each window as one request, at its end). The backbone's loss covers every position
+            anyway; more requests give the two stages more of the same signal at little cost,
+            because the encoded window is shared (a KV cache for transformers).
         use_thinking: Think stage on; off, the diffusion is conditioned on the backbone's last state.
         use_diffusion: Diffuse stage on; off, the last thought (or the backbone state) is the intent.
         use_grpo: GRPO alignment on (needs ``use_diffusion``: the policy is the reverse process).
@@ -83,6 +89,7 @@ class DiffuReason(SequentialRecommender):
         encoder: SequenceEncoder,
         num_thinking_tokens: int = 2,
         diffusion: DiffusionHead | None = None,
+        requests_per_window: int = 8,
         use_thinking: bool = True,
         use_diffusion: bool = True,
         use_grpo: bool = True,
@@ -120,6 +127,8 @@ class DiffuReason(SequentialRecommender):
             raise ValueError(
                 "use_grpo=True needs use_diffusion=True: the GRPO policy is the reverse diffusion"
             )
+        if requests_per_window < 1:
+            raise ValueError(f"requests_per_window must be >= 1, got {requests_per_window}")
         if reward not in ("ndcg", "reciprocal_rank"):
             raise ValueError(f"reward must be 'ndcg' or 'reciprocal_rank', got {reward!r}")
         if use_grpo and (group_size < 2 or sampling_eta <= 0):
@@ -139,6 +148,7 @@ class DiffuReason(SequentialRecommender):
                     f"hidden_size={encoder.hidden_size}"
                 )
         self.diffusion = diffusion if use_diffusion else None
+        self.requests_per_window = requests_per_window if encoder.causal else 1
         self.intent_loss_weight = intent_loss_weight
         self.diffusion_loss_weight = diffusion_loss_weight
         self.grpo_loss_weight = grpo_loss_weight
@@ -192,16 +202,34 @@ class DiffuReason(SequentialRecommender):
         mask = torch.full_like(input_ids[:, :1], self.encoder.mask_token_id)
         return torch.cat([input_ids[:, 1:], mask], dim=1)
 
-    def condition(self, request_ids: Tensor, prefix: tuple[Tensor, object] | None = None) -> Tensor:
+    def condition(
+        self,
+        request_ids: Tensor,
+        prefix: tuple[Tensor, object] | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
         """Think: ``(b n)`` request ids -> the diffusion condition ``(b k d)``; ``[:, -1]`` is h0.
 
-        Without thinking the condition is the backbone's last state ``(b 1 d)``. ``prefix``:
-        ``encoder.encode_prefix(request_ids)`` when already computed.
+        Without thinking the condition is the backbone's state ``(b 1 d)``. ``prefix``:
+        ``encoder.encode_prefix(request_ids)`` when already computed. ``positions`` ``(b r)``: one
+        request per position, each from the history up to it -> ``(b r k d)``.
         """
         if self.thinking is not None:
-            return self.thinking(request_ids, prefix=prefix)
+            return self.thinking(request_ids, prefix=prefix, positions=positions)
         hidden = prefix[0] if prefix is not None else self.encoder(request_ids)
-        return hidden[:, -1:]
+        if positions is None:
+            return hidden[:, -1:]
+        return rearrange(
+            hidden.gather(1, repeat(positions, "b r -> b r d", d=hidden.shape[-1])), "b r d -> b r 1 d"
+        )
+
+    def request_positions(self, target_ids: Tensor) -> Tensor:
+        """``(b n)`` window targets -> ``(b r)`` positions trained as requests: the last, then random
+        supervised ones (a position with target 0, in a short window, is dropped by the caller)."""
+        choice = torch.rand(target_ids.shape, device=target_ids.device)
+        choice = torch.where(target_ids > 0, choice, -1.0)
+        choice[:, -1] = 2.0  # the window's last position is always a request
+        return choice.topk(min(self.requests_per_window, target_ids.shape[1]), dim=1).indices
 
     def user_representation(self, input_ids: Tensor) -> Tensor:
         """``(b n)`` history -> ``(b d)`` refined intent (deterministic: eta = 0, fixed start noise)."""
@@ -237,27 +265,34 @@ class DiffuReason(SequentialRecommender):
         loss = backbone_loss = self._next_item_loss(hidden[supervised], targets[supervised])
         logs = {"train/backbone_loss": backbone_loss}
 
-        request_target = batch.target_ids[:, -1]  # (b) the window's last next item: always real
         if self.thinking is not None or self.diffusion is not None:
-            # 2. Think.
-            condition = self.condition(self.request_ids(batch.input_ids), request_prefix)  # (b k d)
+            # 2. Think, at r positions of each window: (b r k d), request targets (b r).
+            if self.requests_per_window > 1:
+                positions = self.request_positions(batch.target_ids)
+                conditions = self.condition(batch.input_ids, request_prefix, positions)
+                request_targets = batch.target_ids.gather(1, positions)
+            else:
+                conditions = rearrange(
+                    self.condition(self.request_ids(batch.input_ids), request_prefix), "b k d -> b 1 k d"
+                )
+                request_targets = batch.target_ids[:, -1:]
+            is_request = request_targets > 0
+            condition, target = conditions[is_request], request_targets[is_request]  # (m k d), (m)
             hypothesis = condition[:, -1]
             # 3. Diffuse: learn to denoise the target intent, then rank with the refined intent.
             if self.diffusion is not None:
-                diffusion_loss = self.diffusion.loss(self.intent_target(request_target), condition)
+                diffusion_loss = self.diffusion.loss(self.intent_target(target), condition)
                 intent = self.diffusion.sample(condition, eta=0.0).x0
-                intent_loss = self._next_item_loss(intent, request_target) + self._next_item_loss(
-                    hypothesis, request_target
-                )
+                intent_loss = self._next_item_loss(intent, target) + self._next_item_loss(hypothesis, target)
                 loss = loss + self.diffusion_loss_weight * diffusion_loss
                 logs["train/diffusion_loss"] = diffusion_loss
             else:
-                intent_loss = self._next_item_loss(hypothesis, request_target)
+                intent_loss = self._next_item_loss(hypothesis, target)
             loss = loss + self.intent_loss_weight * intent_loss
             logs["train/intent_loss"] = intent_loss
-            # 4. Align the reverse process with the ranking metric.
+            # 4. Align the reverse process with the ranking metric, at each window's last position.
             if self.use_grpo and self.global_step >= self.grpo_warmup_steps:
-                grpo, diagnostics = self.grpo_step(condition, request_target)
+                grpo, diagnostics = self.grpo_step(conditions[:, 0], request_targets[:, 0])
                 loss = loss + self.grpo_loss_weight * grpo
                 logs.update({f"train/grpo_{name}": value for name, value in diagnostics.items()})
         self.log_dict(logs, batch_size=batch_size)

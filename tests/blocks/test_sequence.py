@@ -223,3 +223,34 @@ def test_extending_an_encoded_prefix_equals_encoding_with_appended_positions(enc
     full = encoder(ids, appended=appended)
     torch.testing.assert_close(hidden, encoder(ids), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(encoder.extend(prefix, appended), full[:, 10:], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("encoder_class", [SASRec, GRU4Rec, HSTU])
+def test_requests_at_inner_positions_see_only_the_history_up_to_them(encoder_class):
+    torch.manual_seed(0)
+    encoder = encoder_class(num_items=30, hidden_size=16, max_len=12, dropout=0.0).eval()
+    generator = torch.Generator().manual_seed(8)
+    ids = torch.randint(1, 31, (3, 10), generator=generator)
+    ids[0, :4] = 0
+    positions = torch.tensor([[9, 5, 7], [9, 0, 3], [9, 8, 2]])
+    appended = torch.randn(3, 3, 2, 16)
+    with torch.no_grad():
+        outputs = encoder.extend(encoder.encode_prefix(ids)[1], appended, positions)
+        assert outputs.shape == (3, 3, 2, 16)
+        # The request at the last position is the plain extension.
+        torch.testing.assert_close(
+            outputs[:, 0], encoder.extend(encoder.encode_prefix(ids)[1], appended[:, 0])
+        )
+        # Other items after a request's position (same count) change nothing for it.
+        changed = torch.where(ids > 0, torch.randint(1, 31, ids.shape, generator=generator), ids)
+        later = torch.arange(10) > positions[:, 1:2]
+        other = encoder.extend(
+            encoder.encode_prefix(torch.where(later, changed, ids))[1], appended, positions
+        )
+        torch.testing.assert_close(other[:, 1], outputs[:, 1], atol=1e-5, rtol=1e-4)
+        # Requests are independent of each other.
+        alone = encoder.extend(encoder.encode_prefix(ids)[1], appended[:, 1:2], positions[:, 1:2])
+        torch.testing.assert_close(alone[:, 0], outputs[:, 1], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="bidirectional"):
+        bert = BERT4Rec(num_items=30, hidden_size=16, max_len=12)
+        bert.extend(bert.encode_prefix(ids)[1], appended, positions)

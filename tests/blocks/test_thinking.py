@@ -92,3 +92,22 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match=r"appended must have shape \(b, k, 16\)"):
         encoder(torch.ones(2, 3, dtype=torch.long), appended=torch.zeros(2, 1, 8))
     assert isinstance(ThinkingTokenEncoder(encoder).reasoning_position_embedding, nn.Embedding)
+
+
+@pytest.mark.parametrize("encoder_class", [SASRec, GRU4Rec, HSTU])
+def test_thinking_at_inner_positions(encoder_class):
+    """At the last position it is the plain call; at an inner position of a GRU/HSTU window it equals
+    thinking over the history cut at that position (both encoders are exactly causal)."""
+    torch.manual_seed(0)
+    encoder = encoder_class(num_items=30, hidden_size=16, max_len=12, dropout=0.0).eval()
+    thinking = ThinkingTokenEncoder(encoder, num_thinking_tokens=2).eval()
+    ids = _histories(torch.Generator().manual_seed(6))
+    positions = torch.tensor([[9, 7], [9, 4], [9, 8], [9, 6]])
+    with torch.no_grad():
+        thoughts = thinking(ids, positions=positions)
+        assert thoughts.shape == (4, 2, 2, 16)
+        torch.testing.assert_close(thoughts[:, 0], thinking(ids), atol=1e-5, rtol=1e-4)
+        if encoder_class is not SASRec:  # SASRec numbers positions from the window's end
+            for row in range(4):
+                cut = ids[row : row + 1, : positions[row, 1] + 1]
+                torch.testing.assert_close(thoughts[row, 1], thinking(cut)[0], atol=1e-5, rtol=1e-4)

@@ -181,3 +181,19 @@ def test_pretrained_round_trip(tmp_path):
     started = DiffuReason(encoder=encoder, diffusion=DiffusionHead(16, num_steps=8, sampling_steps=4),
                           group_size=2, pretrained=str(tmp_path / "repo"))  # fmt: skip
     assert torch.equal(started.eval()(inputs), loaded(inputs))
+
+
+def test_requests_inside_windows_are_the_last_position_plus_random_supervised_ones():
+    torch.manual_seed(0)
+    model = _model(requests_per_window=4)
+    batch = _batch(20)
+    positions = model.request_positions(batch.target_ids)
+    assert positions.shape == (8, 4) and (positions[:, 0] == 9).all()
+    assert (positions.unique(dim=1).shape[1] == 4) and all(len(set(row.tolist())) == 4 for row in positions)
+    # Rows with 5 supervised positions pick them all before any padding position.
+    targets = batch.target_ids.gather(1, positions)
+    assert (targets > 0).all()
+    # Training reads every request: more requests, different intent loss; both finite.
+    single = _model(requests_per_window=1)
+    single.load_state_dict(model.state_dict())
+    assert torch.isfinite(model.training_step(batch, 0)) and torch.isfinite(single.training_step(batch, 0))
