@@ -386,13 +386,17 @@ class DiffusionHead(HubMixin, nn.Module):
             x_t = self._q_sample(x_start.detach(), start, noise)
         latents, log_probs = [x_t], []
         for t, t_prev in itertools.pairwise(schedule):
-            mean, sigma = self._reverse_step(
-                x_t,
-                torch.full((batch,), t, dtype=torch.long, device=device),
-                torch.full((batch,), t_prev, dtype=torch.long, device=device),
-                condition,
-                eta,
-            )
+            # Only the last step's mean (x0) and, for eta > 0, every step's density carry gradient;
+            # the other deterministic steps need no autograd graph.
+            needs_graph = eta > 0 or t_prev == 0
+            with torch.set_grad_enabled(torch.is_grad_enabled() and needs_graph):
+                mean, sigma = self._reverse_step(
+                    x_t,
+                    torch.full((batch,), t, dtype=torch.long, device=device),
+                    torch.full((batch,), t_prev, dtype=torch.long, device=device),
+                    condition,
+                    eta,
+                )
             action = mean
             if eta > 0 and t_prev > 0:
                 z = torch.randn(
