@@ -9,14 +9,22 @@ Run from the repository root with the project's environment:
 
     .venv/bin/python bench/diffureason_ablation.py --seeds 0 1 2
 
+or one process per seed, then the table of all of them:
+
+    for s in 0 1 2; do .venv/bin/python bench/diffureason_ablation.py --seeds $s --json s$s.json & done
+    wait
+    .venv/bin/python bench/diffureason_ablation.py --from-json s0.json s1.json s2.json
+
 Printed: mean ± std over the seeds of test NDCG@10 and Recall@10 per row, the training time per
-epoch relative to SASRec's (measured in this run, same process), and whether full DiffuReason beats
-SASRec on NDCG@10 by more than the seed spread (the issue's target).
+epoch relative to SASRec's (measured in this run, same process, as CPU seconds with one intra-op
+thread so that other work on the machine does not skew the ratio; wall seconds are printed per run),
+and whether full DiffuReason beats SASRec on NDCG@10 by more than the seed spread (the target).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -68,25 +76,42 @@ def build(row: str, num_items: int, args: argparse.Namespace) -> L.LightningModu
     )
 
 
+class CpuClock(L.Callback):
+    """CPU seconds of each training epoch (``time.process_time``). With one intra-op thread this is
+    the work done, whatever else the machine runs; wall time is not, on a shared machine."""
+
+    def __init__(self) -> None:
+        self.epoch_cpu_seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start = time.process_time()
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.epoch_cpu_seconds.append(time.process_time() - self._start)
+
+
 def run(row: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict:
     L.seed_everything(seed, verbose=False)
     data = SequentialRecDataModule(
         source=RecBoleExample("ml-100k"), k_core=1, split="leave_one_out", max_len=50, batch_size=128
     )
     model = build(row, data.num_items, args)
-    clock = EpochClock()
+    clock, cpu = EpochClock(), CpuClock()
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=workdir / f"{row}-{seed}".replace(" ", "_"),
                                                      monitor="val/ndcg@10", mode="max")  # fmt: skip
     stop = L.pytorch.callbacks.EarlyStopping(monitor="val/ndcg@10", mode="max", patience=args.patience)
     trainer = L.Trainer(
         max_epochs=args.max_epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[clock, checkpoint, stop],
+        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[clock, cpu, checkpoint, stop],
     )  # fmt: skip
     started = time.perf_counter()
     trainer.fit(model, data)
     test = trainer.test(model, data, ckpt_path=checkpoint.best_model_path, verbose=False)[0]
     return {
-        "epoch_seconds": statistics.mean(clock.epoch_seconds),
+        "seed": seed,
+        "epoch_seconds": statistics.mean(cpu.epoch_cpu_seconds),
+        "epoch_wall_seconds": statistics.mean(clock.epoch_seconds),
         "epochs": len(clock.epoch_seconds),
         "best_valid": max(clock.valid_ndcg),
         "ndcg": test["test/ndcg@10"],
@@ -111,23 +136,36 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--grpo-warmup-steps", type=int, default=200)
     parser.add_argument("--grpo-weight", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: CPU time = work)")
+    parser.add_argument("--json", type=Path, help="also write the per-run results to this file")
+    parser.add_argument("--from-json", type=Path, nargs="+",
+                        help="print the table of earlier --json files instead")  # fmt: skip
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     results: dict[str, list[dict]] = {row: [] for row in args.rows}
+    if args.from_json:
+        for path in args.from_json:
+            for row, runs in json.loads(path.read_text()).items():
+                results.setdefault(row, []).extend(runs)
+        args.seeds = sorted({run["seed"] for runs in results.values() for run in runs})
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
+        for seed in [] if args.from_json else args.seeds:
             for row in args.rows:
                 result = run(row, seed, args, Path(tmp))
                 results[row].append(result)
                 print(f"[seed {seed}] {row}: test NDCG@10 {result['ndcg']:.4f} "
                       f"Recall@10 {result['recall']:.4f} ({result['epochs']} epochs, "
-                      f"{result['epoch_seconds']:.2f} s/epoch)", flush=True)  # fmt: skip
+                      f"{result['epoch_seconds']:.2f} CPU s/epoch, "
+                      f"{result['epoch_wall_seconds']:.2f} wall s/epoch)", flush=True)  # fmt: skip
 
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
     base_epoch = statistics.mean(r["epoch_seconds"] for r in results.get("SASRec", results[args.rows[0]]))
     print(
         f"\n=== DiffuReason ablation on ml-100k (LOO, full ranking, history masked), seeds {args.seeds} ==="
     )
+    print("time per epoch: CPU seconds of training (one intra-op thread), robust to a shared machine")
     print(f"{'row':<22} {'NDCG@10':>17} {'Recall@10':>17} {'s/epoch':>8} {'x SASRec':>8} {'epochs':>7}")
     for row, runs in results.items():
         ndcg, ndcg_std = mean_std([r["ndcg"] for r in runs])

@@ -1,6 +1,16 @@
 """Layer 1: reusable nn.Modules. No Lightning, no I/O, no data formats."""
 
 from lightning_rec.blocks.diffusion import DiffusionHead, DiffusionSample
+from lightning_rec.blocks.judge import (
+    AspectEvidence,
+    EmbeddingAspectEvidence,
+    ItemText,
+    LLMAspectEvidence,
+    PersonalizedSemanticJudge,
+    UserContext,
+)
+from lightning_rec.blocks.prompts import DeepPrompts, tiny_vit_config
+from lightning_rec.blocks.router import RandomExpandedAnalyticRouter
 from lightning_rec.blocks.sequence import (
     HSTU,
     SEQUENCE_ENCODERS,
@@ -9,16 +19,46 @@ from lightning_rec.blocks.sequence import (
     SASRec,
     SequenceEncoder,
 )
+from lightning_rec.blocks.smoa import (
+    SMoALinear,
+    block_partition,
+    inject_smoa,
+    load_smoa,
+    save_smoa,
+    smoa_adapter_config,
+    smoa_lora_config,
+    smoa_state_dict,
+)
+from lightning_rec.blocks.temporal_ensemble import ClassifierHead, TemporalEnsembleHeads
 from lightning_rec.blocks.thinking import ThinkingTokenEncoder
 
 __all__ = [
     "HSTU",
     "SEQUENCE_ENCODERS",
+    "AspectEvidence",
     "BERT4Rec",
+    "ClassifierHead",
+    "DeepPrompts",
     "DiffusionHead",
     "DiffusionSample",
+    "EmbeddingAspectEvidence",
     "GRU4Rec",
+    "ItemText",
+    "LLMAspectEvidence",
+    "PersonalizedSemanticJudge",
+    "RandomExpandedAnalyticRouter",
     "SASRec",
+    "SMoALinear",
     "SequenceEncoder",
+    "TemporalEnsembleHeads",
     "ThinkingTokenEncoder",
+    "UserContext",
+    "block_partition",
+    "inject_smoa",
+    "load_smoa",
+    "save_smoa",
+    "smoa_adapter_config",
+    "smoa_lora_config",
+    "smoa_state_dict",
+    "tiny_vit_config",
 ]

@@ -6,6 +6,15 @@ line and field of a structural error (or skips the line, with ``on_bad_line="ski
 """
 
 from lightning_rec.data.amazon import AmazonReviews
+from lightning_rec.data.labelled import (
+    DigitsExamples,
+    DiskDatasetExamples,
+    ImageFolderExamples,
+    LabelledExamples,
+    LabelledSource,
+    SyntheticTitleExamples,
+    TextRecordExamples,
+)
 from lightning_rec.data.movielens import MovieLens
 from lightning_rec.data.recbole_atomic import RecBoleAtomic, RecBoleExample, recbole_example_dir
 from lightning_rec.data.records import (
@@ -20,6 +29,16 @@ from lightning_rec.data.records import (
     parse_number,
     read_records,
 )
+from lightning_rec.data.score_cache import ScoreCache
+from lightning_rec.data.streams import (
+    Stream,
+    StreamKind,
+    build_stream,
+    disjoint_stream,
+    gaussian_blurry_stream,
+    hold_out,
+    si_blurry_stream,
+)
 from lightning_rec.data.synthetic import SyntheticCatalogue, SyntheticReviews
 from lightning_rec.data.text_files import default_cache_dir, fingerprint_files, numbered_lines, open_text
 from lightning_rec.data.text_records import SyntheticTitleCategories, read_text_records, text_record_format
@@ -28,19 +47,33 @@ __all__ = [
     "AmazonReviews",
     "BadLinePolicy",
     "DataFormatError",
+    "DigitsExamples",
+    "DiskDatasetExamples",
+    "ImageFolderExamples",
     "Interaction",
     "InteractionSource",
     "ItemMeta",
+    "LabelledExamples",
+    "LabelledSource",
     "MovieLens",
     "ReadReport",
     "RecBoleAtomic",
     "RecBoleExample",
+    "ScoreCache",
+    "Stream",
+    "StreamKind",
     "SyntheticCatalogue",
     "SyntheticReviews",
     "SyntheticTitleCategories",
+    "SyntheticTitleExamples",
+    "TextRecordExamples",
+    "build_stream",
     "check_bad_line_policy",
     "default_cache_dir",
+    "disjoint_stream",
     "fingerprint_files",
+    "gaussian_blurry_stream",
+    "hold_out",
     "numbered_lines",
     "open_text",
     "parse_id",
@@ -48,5 +81,6 @@ __all__ = [
     "read_records",
     "read_text_records",
     "recbole_example_dir",
+    "si_blurry_stream",
     "text_record_format",
 ]

@@ -2,13 +2,29 @@
 
 from lightning_rec.hub.config_tree import UntrustedClassError, instantiate_tree, register_trusted_class
 from lightning_rec.hub.mixin import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, HubMixin
+from lightning_rec.hub.peft_layout import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    PEFT_KEY_PREFIX,
+    check_adapter_keys,
+    read_peft_adapter,
+    read_peft_adapter_config,
+    write_peft_adapter,
+)
 
 __all__ = [
+    "ADAPTER_CONFIG_FILE",
+    "ADAPTER_WEIGHTS_FILE",
     "CONFIG_FILE",
+    "PEFT_KEY_PREFIX",
     "VOCAB_FILE",
     "WEIGHTS_FILE",
     "HubMixin",
     "UntrustedClassError",
+    "check_adapter_keys",
     "instantiate_tree",
+    "read_peft_adapter",
+    "read_peft_adapter_config",
     "register_trusted_class",
+    "write_peft_adapter",
 ]
