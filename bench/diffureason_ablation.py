@@ -72,6 +72,8 @@ def build(row: str, num_items: int, args: argparse.Namespace) -> L.LightningModu
         grpo_warmup_steps=args.grpo_warmup_steps,
         grpo_loss_weight=args.grpo_weight,
         group_size=args.group_size,
+        requests_per_window=args.requests_per_window,
+        intent_loss_weight=args.intent_weight,
         **common,
     )
 
@@ -136,6 +138,8 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--grpo-warmup-steps", type=int, default=200)
     parser.add_argument("--grpo-weight", type=float, default=0.1)
+    parser.add_argument("--requests-per-window", type=int, default=8)
+    parser.add_argument("--intent-weight", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: CPU time = work)")
     parser.add_argument("--json", type=Path, help="also write the per-run results to this file")
     parser.add_argument("--from-json", type=Path, nargs="+",

@@ -21,8 +21,8 @@ on any device without trusting a second SVD to sort near-ties the same way.
 
 Cost: the forward never builds the ``d_out x d_in`` update. It gathers the ``K`` anchors
 ``W0[rows_k, cols_k]`` (``d_out d_in / K`` entries, read from the base weight at each call, so no
-copy of ``W0`` is kept), modulates them, and applies them as ``K`` block matmuls: ``1/K`` of the
-base layer's multiply-adds per token.
+copy of ``W0`` is kept), modulates them, and applies them as one batched matmul of ``K`` blocks:
+``1/K`` of the base layer's multiply-adds per token.
 
 Interoperation with PEFT (0.21):
 
@@ -37,7 +37,8 @@ Interoperation with PEFT (0.21):
   one around the first), ``nn.Linear`` targets only, and no DoRA / LoRA bias / ``fan_in_fan_out``.
   A plain ``PeftModel.from_pretrained(base, folder)`` without ``config=`` cannot know the SMoA layer:
   PEFT's ``LoraConfig`` drops the unknown SMoA fields with a warning, builds ordinary LoRA layers
-  and warns about missing adapter keys, so the result is the base model, not the adapter.
+  and warns about missing adapter keys: the SMoA update is absent (only ``modules_to_save``, such
+  as a classification head, loads).
 
 Axes: k blocks, o rows per block (``d_out / K``), i columns per block (``d_in / K``), r rank per block
 (``r / K``), ``...`` the input's leading axes.

@@ -1,4 +1,4 @@
-"""Hugging Face Hub integration (layer 1): the mixin every block and module inherits."""
+"""Hugging Face Hub integration (layer 1): the mixin every block and module inherits, PEFT's layout."""
 
 from lightning_rec.hub.config_tree import UntrustedClassError, instantiate_tree, register_trusted_class
 from lightning_rec.hub.mixin import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, HubMixin

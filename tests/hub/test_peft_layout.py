@@ -22,7 +22,12 @@ from lightning_rec.hub.peft_layout import (
 )
 
 BERT = BertConfig(
-    vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=3
+    vocab_size=60,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    num_labels=3,
 )
 
 
@@ -32,10 +37,12 @@ def _bert(seed: int = 0) -> BertForSequenceClassification:
 
 
 def _trained_lora(seed: int = 0) -> PeftModel:
-    model = get_peft_model(_bert(seed), LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"], r=2))
+    model = get_peft_model(
+        _bert(seed), LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"], r=2)
+    )
     torch.manual_seed(seed + 100)
     with torch.no_grad():  # as if trained: B away from its zero init
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.normal_()
     return model.eval()
@@ -61,7 +68,9 @@ def test_peft_save_pretrained_folder_reads_as_peft_state(tmp_path):
     assert config["peft_type"] == "LORA" and config["r"] == 2
     expected = get_peft_model_state_dict(model)
     assert {PEFT_KEY_PREFIX + key for key in tensors} == set(expected)
-    assert all(torch.equal(tensors[key.removeprefix(PEFT_KEY_PREFIX)], value) for key, value in expected.items())
+    assert all(
+        torch.equal(tensors[key.removeprefix(PEFT_KEY_PREFIX)], value) for key, value in expected.items()
+    )
 
 
 def test_folder_we_write_loads_in_peft_with_identical_outputs(tmp_path):
@@ -69,7 +78,9 @@ def test_folder_we_write_loads_in_peft_with_identical_outputs(tmp_path):
     state = get_peft_model_state_dict(model)
     config = model.peft_config["default"].to_dict()
     config = {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}
-    write_peft_adapter(tmp_path, config, {key.removeprefix(PEFT_KEY_PREFIX): value for key, value in state.items()})
+    write_peft_adapter(
+        tmp_path, config, {key.removeprefix(PEFT_KEY_PREFIX): value for key, value in state.items()}
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # PEFT warns about missing adapter keys: none allowed
         loaded = PeftModel.from_pretrained(_bert(), tmp_path).eval()
@@ -110,7 +121,9 @@ def test_malformed_folders_are_clear_errors(tmp_path):
 
 def test_check_adapter_keys_names_missing_and_unexpected():
     check_adapter_keys({"a": torch.zeros(1)}, {"a"}, "x")
-    with pytest.raises(RuntimeError, match=r"x does not match.*missing keys \['b'\].*unexpected keys \['c'\]"):
+    with pytest.raises(
+        RuntimeError, match=r"x does not match.*missing keys \['b'\].*unexpected keys \['c'\]"
+    ):
         check_adapter_keys({"a": torch.zeros(1), "c": torch.zeros(1)}, {"a", "b"}, "x")
 
 

@@ -154,8 +154,8 @@ MINILM_SMALL = [
     "--data.init_args.source.init_args.num_categories", "20",
     "--model.init_args.num_labels", "20",
     "--data.init_args.batch_size", "16",
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "16",
+    "--model.init_args.warmup_steps", "2",
+    "--trainer.max_epochs", "2",
     *QUIET,
 ]  # fmt: skip
 
@@ -202,7 +202,7 @@ def test_cli_fit_on_minilm_smoa_beats_the_frozen_model(tmp_path, monkeypatch, da
 
 
 def test_cli_instruction_tuning_of_a_tiny_causal_lm_lowers_the_response_loss(
-    tmp_path, monkeypatch, data_cache
+    tmp_path, monkeypatch, data_cache, local_hub
 ):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
@@ -220,3 +220,14 @@ def test_cli_instruction_tuning_of_a_tiny_causal_lm_lowers_the_response_loss(
     )
     assert end < start - 0.3, (start, end)  # from ~ln(30522): the uniform guess of the untrained model
     assert fitted.model.vocab is None and fitted.datamodule.task == "instruction"
+
+    # `lightning-rec push` turns the (adapter-only) checkpoint into an adapter repo without a config.
+    from lightning_rec.cli import main
+
+    checkpoint = tmp_path / "outputs" / "smoa-qwen2-tiny-instruction" / "checkpoints" / "best.ckpt"
+    main(["push", "--ckpt_path", str(checkpoint), "--repo_id", "org/smoa-qwen2", "--token", "t"])
+    pulled = AdapterFineTune.from_pretrained("org/smoa-qwen2")
+    trained = fitted.model.eval()
+    trained.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])  # the best epoch's
+    ids = torch.randint(1000, 2000, (2, 6))
+    assert torch.equal(pulled(ids, torch.ones_like(ids)), trained(ids, torch.ones_like(ids)))
