@@ -1,8 +1,0 @@
-"""Layer 3: one LightningModule per method, composed from blocks, objectives and metrics."""
-
-from lightning_rec.modules.most_popular import MostPopular
-from lightning_rec.modules.ranking_module import RankingModule
-from lightning_rec.modules.sasrec import SASRec
-from lightning_rec.modules.sequential_recommender import SequentialRecommender
-
-__all__ = ["MostPopular", "RankingModule", "SASRec", "SequentialRecommender"]
