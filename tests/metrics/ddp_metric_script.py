@@ -89,6 +89,10 @@ def main(out_json: str) -> None:
     if trainer.is_global_zero:
         with open(out_json, "w") as out:
             json.dump(probe.results, out)
+    # Leave the process group before exiting: gloo's threads can otherwise abort the interpreter's
+    # shutdown ("terminate called without an active exception", exit code -6).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

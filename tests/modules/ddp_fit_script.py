@@ -49,6 +49,10 @@ def main() -> None:
     if trainer.global_rank == 0:
         result = {"metrics": metrics, "queries": len(data.data.test_positions)}
         (out_dir / "ddp.json").write_text(json.dumps(result))
+    # Leave the process group before exiting: gloo's threads can otherwise abort the interpreter's
+    # shutdown ("terminate called without an active exception", exit code -6).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
