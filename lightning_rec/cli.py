@@ -27,6 +27,7 @@ import lightning_rec.data
 import lightning_rec.datamodules
 import lightning_rec.modules  # noqa: F401
 from lightning_rec.hub.config_tree import instantiate_tree
+from lightning_rec.hub.mixin import HubMixin
 
 __all__ = ["LightningRecCLI", "main", "push_checkpoint", "run_cli"]
 
@@ -76,7 +77,7 @@ def push_checkpoint(
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if "lightning_rec_config" not in checkpoint:
             raise ValueError(f"{ckpt_path}: not a lightning-rec checkpoint (no 'lightning_rec_config' entry)")
-        model = instantiate_tree(checkpoint["lightning_rec_config"])
+        model = instantiate_tree(checkpoint["lightning_rec_config"], expected=HubMixin)
         model.load_state_dict(checkpoint["state_dict"], strict=True)
         model.on_load_checkpoint(checkpoint)
     return str(model.push_to_hub(repo_id, token=token, private=private))
