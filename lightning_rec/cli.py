@@ -26,6 +26,7 @@ import lightning_rec.blocks
 import lightning_rec.data
 import lightning_rec.datamodules
 import lightning_rec.modules  # noqa: F401
+from lightning_rec.callbacks import ExactResume
 from lightning_rec.hub.config_tree import instantiate_tree
 from lightning_rec.hub.mixin import HubMixin
 
@@ -36,6 +37,8 @@ class LightningRecCLI(LightningCLI):
     """LightningCLI with the links every sequential-recommendation config needs."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Every run saves its random generators' states, so `fit --ckpt_path last.ckpt` resumes exactly.
+        parser.add_lightning_class_args(ExactResume, "exact_resume")
         parser.link_arguments(
             "data.num_items", "model.init_args.encoder.init_args.num_items", apply_on="instantiate"
         )
