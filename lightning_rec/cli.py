@@ -5,6 +5,11 @@ LightningCLI in subclass mode: every module, datamodule, encoder and data reader
 selectable by its short name (``--model SASRec --model.encoder GRU4Rec``,
 ``--data.source MovieLens``), because importing this file registers them.
 
+``lightning-rec predict --config <yaml> --ckpt_path best.ckpt`` writes ``predictions.jsonl``: one line
+per user, ``{"user_id": ..., "items": [...], "scores": [...]}`` in raw ids (see
+:class:`~lightning_rec.callbacks.RecommendationWriter`; options ``--recommend.k``,
+``--recommend.exclude_history``, ``--recommend.output_path`` and ``--data.init_args.predict_users``).
+
 ``lightning-rec push --ckpt_path <ckpt> --repo_id org/name [--config <yaml>]`` publishes a checkpoint
 (see :func:`push_checkpoint`); it is the one subcommand Lightning has no equivalent of.
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 import lightning as L
 import torch
@@ -26,7 +32,7 @@ import lightning_rec.blocks
 import lightning_rec.data
 import lightning_rec.datamodules
 import lightning_rec.modules  # noqa: F401
-from lightning_rec.callbacks import ExactResume
+from lightning_rec.callbacks import ExactResume, RecommendationWriter
 from lightning_rec.hub.config_tree import instantiate_tree
 from lightning_rec.hub.mixin import HubMixin
 
@@ -39,9 +45,16 @@ class LightningRecCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Every run saves its random generators' states, so `fit --ckpt_path last.ckpt` resumes exactly.
         parser.add_lightning_class_args(ExactResume, "exact_resume")
+        # `predict` writes each user's top-K raw item ids: --recommend.k, --recommend.exclude_history,
+        # --recommend.output_path (the users: --data.init_args.predict_users). Idle in other subcommands.
+        parser.add_lightning_class_args(RecommendationWriter, "recommend")
         parser.link_arguments(
             "data.num_items", "model.init_args.encoder.init_args.num_items", apply_on="instantiate"
         )
+
+    def predict(self, **kwargs: Any) -> None:
+        """``lightning-rec predict``: the recommendations stream to the writer's file, none kept in memory."""
+        self.trainer.predict(**{**kwargs, "return_predictions": False})
 
 
 def run_cli(args: list[str] | None = None) -> LightningRecCLI:

@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_rec.blocks.sequence import SASRec as SASRecEncoder
 from lightning_rec.blocks.sequence import SequenceEncoder
-from lightning_rec.data.batches import EvalBatch, TrainBatch
+from lightning_rec.data.batches import EvalBatch, PredictBatch, TrainBatch
 from lightning_rec.hub.cards import render_model_card
 from lightning_rec.metrics.ranking import FullRankingMetrics
 from lightning_rec.modules.ranking_module import RankingModule
@@ -136,17 +136,20 @@ class SequentialRecommender(RankingModule):
         """Raw item ids of the top-``k`` next items after a history of raw item ids (oldest first).
 
         Needs the vocabulary saved with the model (trained on a datamodule, or loaded from the Hub).
-        Unknown ids in ``history`` are ignored.
+        Unknown ids in ``history`` are ignored; known ones are never recommended (fewer than ``k``
+        ids come back only when the catalogue has fewer unseen items).
         """
         if self.vocab is None:
             raise ValueError("this model has no vocabulary: train it on a datamodule or load it from the Hub")
         index = {item: i for i, item in enumerate(self.vocab["item_ids"]) if i > 0}
-        known = [index[item] for item in history if item in index][-self.encoder.max_len :]
+        known = [index[item] for item in history if item in index]
+        recent = known[-self.encoder.max_len :]
         input_ids = torch.zeros(1, self.encoder.max_len, dtype=torch.long, device=self.device)
-        if known:
-            input_ids[0, -len(known) :] = torch.tensor(known, device=self.device)
-        items, _ = self.recommend(input_ids, k=k)
-        return [self.vocab["item_ids"][i] for i in items[0].tolist()]
+        if recent:
+            input_ids[0, -len(recent) :] = torch.tensor(recent, device=self.device)
+        seen = torch.tensor([[0, *known]], device=self.device)
+        items, scores = self.recommend(input_ids, k=k, history=seen)
+        return [self.vocab["item_ids"][i] for i in items[0][scores[0].isfinite()].tolist()]
 
     @classmethod
     def hub_example(cls) -> tuple[SequentialRecommender, tuple[Tensor]]:
@@ -179,13 +182,17 @@ class SequentialRecommender(RankingModule):
 
     @torch.no_grad()
     def recommend(
-        self, input_ids: Tensor, k: int = 10, exclude_history: bool = True
+        self, input_ids: Tensor, k: int = 10, exclude_history: bool = True, history: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Top-``k`` item indices ``(b k)`` and their scores ``(b k)`` for each history ``(b n)``."""
+        """Top-``k`` item indices ``(b k)`` and their scores ``(b k)`` for each history ``(b n)``.
+
+        With ``exclude_history``, the items of ``history (b h)`` (0-padded; default ``input_ids``)
+        score ``-inf``; so does padding. A row with fewer than ``k`` other items ends in ``-inf`` scores.
+        """
         scores = self(input_ids)
         if exclude_history:
-            scores = scores.scatter(1, input_ids, float("-inf"))
-        top = scores.topk(k, dim=1)
+            scores = scores.scatter(1, input_ids if history is None else history, float("-inf"))
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
         return top.indices, top.values
 
     # ------------------------------------------------------------ training
@@ -231,8 +238,20 @@ class SequentialRecommender(RankingModule):
         query = self.user_representation(batch.input_ids)
         metrics.update_from_embeddings(query, self.item_embeddings(), batch.target, batch.history)
 
-    def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Tensor]:
-        items, scores = self.recommend(batch.input_ids, k=max(self.hparams.ks))
+    #: what ``predict_step`` returns: the top ``prediction_k`` (``None``: the largest metric cut-off)
+    #: items, seen ones excluded unless ``prediction_exclude_history`` is False. Inference settings, not
+    #: hyperparameters: :class:`~lightning_rec.callbacks.RecommendationWriter` sets them from its own.
+    prediction_k: int | None = None
+    prediction_exclude_history: bool = True
+
+    def predict_step(self, batch: PredictBatch | EvalBatch, batch_idx: int) -> dict[str, Tensor]:
+        """``user_index (b)``, top item indices ``items (b k)`` and their ``scores (b k)``."""
+        items, scores = self.recommend(
+            batch.input_ids,
+            k=self.prediction_k or max(self.hparams.ks),
+            exclude_history=self.prediction_exclude_history,
+            history=batch.history,
+        )
         return {"user_index": batch.user_index, "items": items, "scores": scores}
 
     # ---------------------------------------------------------- optimiser
