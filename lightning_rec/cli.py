@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning_utilities.core import rank_zero as lightning_rank_zero
 
 import lightning_rec.blocks
 import lightning_rec.data
@@ -60,6 +62,7 @@ class LightningRecCLI(LightningCLI):
 def run_cli(args: list[str] | None = None) -> LightningRecCLI:
     """Run the CLI on ``args`` (default: ``sys.argv[1:]``) and return it (trainer, model, datamodule)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _quiet_lightning_notices()
     return LightningRecCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -68,6 +71,25 @@ def run_cli(args: list[str] | None = None) -> LightningRecCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def _quiet_lightning_notices() -> None:
+    """Drop the three notices Lightning prints on every run that a lightning-rec user cannot act on,
+    each matched by its exact text so that every other warning still shows."""
+    # An advertisement for Lightning's cloud logger, logged through the logger all of Lightning's
+    # rank-zero messages use (added once: the same filter function).
+    lightning_rank_zero.log.addFilter(_not_the_litlogger_tip)
+    # Without TensorBoard installed, Lightning logs to CSV files (our default: TensorBoard is optional)
+    # and explains its v1.9 packaging history at length.
+    warnings.filterwarnings("ignore", message="Starting from v1.9.0, `tensorboardX` has been removed")
+    # torch deprecates a check that Lightning's own pytree code makes on every batch.
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
+
+
+def _not_the_litlogger_tip(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡 Tip: For seamless cloud logging")
 
 
 def push_checkpoint(
@@ -118,11 +140,11 @@ def _push_main(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The ``lightning-rec`` console script: LightningCLI's subcommands, plus ``push``."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["push"]:
-        _push_main(argv[1:])
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["push"]:
+        _push_main(arguments[1:])
     else:
-        run_cli(argv)
+        run_cli(argv)  # None: LightningCLI reads sys.argv itself (given explicitly, it warns)
 
 
 if __name__ == "__main__":
