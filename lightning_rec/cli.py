@@ -105,12 +105,13 @@ def push_checkpoint(
     With ``config`` (the run's YAML, plus the ``overrides`` the run used, e.g. ``--data.max_len 20``),
     the checkpoint is first tested with ``lightning-rec test`` so the model card carries that test's
     metrics. The checkpoint is read with
-    ``torch.load(weights_only=True)`` and never uploaded itself: only ``config.json``,
-    ``model.safetensors``, ``vocab.json`` and ``README.md`` are.
+    ``torch.load(weights_only=True)`` (so it unpickles nothing but tensors and plain containers), its
+    ``lightning_rec_config`` builds only allowlisted ``nn.Module`` classes, and it is never uploaded
+    itself: only ``config.json``, ``model.safetensors``, ``vocab.json`` and ``README.md`` are.
     """
     if config is not None:
         arguments = ["test", "--config", config, *(overrides or []), "--ckpt_path", ckpt_path]
-        model = run_cli([*arguments, "--trainer.logger", "false"]).model
+        model = run_cli([*arguments, "--weights_only", "true", "--trainer.logger", "false"]).model
     else:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if "lightning_rec_config" not in checkpoint:

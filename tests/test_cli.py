@@ -157,3 +157,33 @@ def test_predict_writes_raw_ids_from_a_checkpoint_or_a_saved_model(tmp_path, mon
         assert line["items"] == model.recommend_items(history, k=4)
     # The saved model holds the fitted (last) weights, the checkpoint the best ones: one epoch, the same.
     assert [line["items"] for line in written["saved"]] == [line["items"] for line in written["ckpt"]]
+
+
+def test_push_with_config_refuses_a_pickled_checkpoint(tmp_path, monkeypatch, data_cache):
+    import pickle
+
+    from lightning_rec.cli import main
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "unpickled",))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
+    torch.save({"state_dict": {}, "payload": Exploit()}, tmp_path / "hostile.ckpt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        main(
+            [
+                "push",
+                "--ckpt_path",
+                "hostile.ckpt",
+                "--repo_id",
+                "org/x",
+                "--token",
+                "t",
+                "--config",
+                CONFIG,
+                *SMALL,
+            ]
+        )
+    assert not (tmp_path / "unpickled").exists()

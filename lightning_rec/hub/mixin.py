@@ -207,7 +207,7 @@ def read_json(path: Path, source: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{source}/{path.name} : not valid JSON ({error})") from error
+        raise ValueError(f"{source}/{path.name}: not valid JSON ({error})") from error
 
 
 def check_vocab(vocab: Any, source: str) -> dict[str, list[Any]]:
