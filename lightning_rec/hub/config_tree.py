@@ -26,6 +26,8 @@ The same tables save: a ``HubMixin`` records its constructor arguments when crea
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,9 +183,10 @@ def _allowed() -> str:
     )
 
 
-def trusted_class(class_path: Any, expected: type = nn.Module) -> type[nn.Module]:
+def trusted_class(class_path: Any, expected: type | tuple[type, ...] = nn.Module) -> type[nn.Module]:
     """The ``nn.Module`` class named ``class_path`` if it is on the allowlist and a subclass of
-    ``expected``; ``UntrustedClassError`` otherwise. Looks names up in tables: imports nothing."""
+    ``expected`` (one of them); ``UntrustedClassError`` otherwise. Looks names up in tables: imports
+    nothing."""
     if not isinstance(class_path, str):
         raise UntrustedClassError(f"class_path must be a string, got {type(class_path).__name__}")
     found: type | None = HUB_CLASSES.get(class_path)
@@ -196,7 +199,10 @@ def trusted_class(class_path: Any, expected: type = nn.Module) -> type[nn.Module
             "(a HubMixin subclass must be imported before loading)"
         )
     if not issubclass(found, expected):
-        raise UntrustedClassError(f"refusing to build {class_path!r}: it is not a {class_path_of(expected)}")
+        names = " or ".join(
+            class_path_of(cls) for cls in (expected if isinstance(expected, tuple) else (expected,))
+        )
+        raise UntrustedClassError(f"refusing to build {class_path!r}: it is not a {names}")
     return found
 
 
@@ -217,7 +223,7 @@ def instantiate_tree(tree: Any, expected: type) -> Any:
     return _build(tree)
 
 
-def _check(value: Any, expected: type = nn.Module) -> None:
+def _check(value: Any, expected: type | tuple[type, ...] = nn.Module) -> None:
     if _is_tree(value):
         trusted_class(value["class_path"], expected)
         unexpected = set(value) - {"class_path", "init_args"}
@@ -231,8 +237,11 @@ def _check(value: Any, expected: type = nn.Module) -> None:
                 f"init_args of {value['class_path']!r} must be an object, got {type(init_args).__name__}"
             )
         _check_argument_names(value["class_path"], init_args)
-        for item in init_args.values():
-            _check(item)
+        # A module argument must be what the constructor declares (an encoder slot takes an encoder):
+        # an allowlisted module in the wrong slot is refused before it is built.
+        declared = _declared_module_types(value["class_path"])
+        for name, item in init_args.items():
+            _check(item, declared.get(name, nn.Module))
     elif isinstance(value, list):
         for item in value:
             _check(item)
@@ -245,6 +254,24 @@ def _constructor(class_path: str) -> Callable[..., nn.Module]:
     if class_path in HUB_CLASSES:
         return HUB_CLASSES[class_path]
     return (TORCH_LAYERS.get(class_path) or _REGISTERED[class_path]).constructor
+
+
+def _declared_module_types(class_path: str) -> dict[str, tuple[type, ...]]:
+    """The ``nn.Module`` classes each constructor argument is annotated with (``X | None`` gives X);
+    arguments annotated otherwise, or not at all, are absent (any allowlisted module)."""
+    constructor = _constructor(class_path)
+    try:
+        hints = typing.get_type_hints(constructor.__init__ if inspect.isclass(constructor) else constructor)
+    except (NameError, TypeError):  # an annotation that only resolves for type checkers
+        return {}
+    declared = {}
+    for name, hint in hints.items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        members = typing.get_args(hint) if union else (hint,)
+        classes = tuple(m for m in members if inspect.isclass(m) and issubclass(m, nn.Module))
+        if classes:
+            declared[name] = classes
+    return declared
 
 
 def _check_argument_names(class_path: str, init_args: dict[str, Any]) -> None:

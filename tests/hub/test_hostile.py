@@ -126,6 +126,20 @@ def test_hostile_class_in_config_is_refused_with_no_side_effect(class_path, wher
     assert not (tmp_path / "attacker").exists()
 
 
+def test_a_trusted_module_in_the_wrong_slot_is_refused_before_anything_is_built(tmp_path, sealed):
+    """AdapterFineTune is allowlisted (it downloads its base model by name) but is no encoder."""
+    repo = _saved_sasrec(tmp_path / "repo")
+    adapter = {
+        "class_path": "lightning_rec.modules.adapter_finetune.AdapterFineTune",
+        "init_args": {"base_model": "attacker/model"},
+    }
+    _edit_config(repo, lambda config: config["init_args"].update(encoder=adapter))
+    sealed.start()
+    with pytest.raises(UntrustedClassError, match=r"not a lightning_rec\.blocks\.sequence\.SequenceEncoder"):
+        SASRec.from_pretrained(repo)
+    sealed.assert_untouched()
+
+
 def test_another_trusted_class_at_the_root_is_refused_before_anything_is_built(tmp_path, sealed):
     repo = _saved_sasrec(tmp_path / "repo")
     sealed.start()
