@@ -105,7 +105,13 @@ def paired_interval(method: Sequence[float], baseline: Sequence[float]) -> dict[
     stats = summarize(diffs)
     half = t_quantile_975(stats["n"] - 1) * stats["std"] / math.sqrt(stats["n"])
     low, high = stats["mean"] - half, stats["mean"] + half
-    return {"mean": stats["mean"], "low": low, "high": high, "n": stats["n"], "within_noise": low <= 0 <= high}
+    return {
+        "mean": stats["mean"],
+        "low": low,
+        "high": high,
+        "n": stats["n"],
+        "within_noise": low <= 0 <= high,
+    }
 
 
 def _grid_points(grid: Mapping[str, Sequence[Any]] | None) -> list[dict[str, Any]]:
@@ -125,7 +131,9 @@ def _numeric(mapping: Mapping[str, Any]) -> dict[str, float]:
 def _environment() -> dict[str, Any]:
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return ""
 
@@ -193,7 +201,9 @@ class Bench:
         parser = argparse.ArgumentParser(add_help=False)
         parser.add_argument("--seeds", type=int, default=seeds, help="number of seeds (default %(default)s)")
         parser.add_argument("--first-seed", type=int, default=0)
-        parser.add_argument("--quick", action="store_true", help="a smoke run; results go to <name>-quick.json")
+        parser.add_argument(
+            "--quick", action="store_true", help="a smoke run; results go to <name>-quick.json"
+        )
         parser.add_argument("--rows", nargs="+", default=None, help="run only these rows (and the baseline)")
         parser.add_argument("--results-dir", type=Path, default=RESULTS)
         args, self.unparsed = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
@@ -244,7 +254,9 @@ class Bench:
         points = _grid_points(grid)
         overlap = {k for p in points for k in p} & {k for n in names for k in rows[n]}
         if overlap:
-            raise ValueError(f"grid parameters {sorted(overlap)} are also fixed by a row; a row cannot override the grid")
+            raise ValueError(
+                f"grid parameters {sorted(overlap)} are also fixed by a row; a row cannot override the grid"
+            )
         result: dict[str, Any] = {
             "name": self.name,
             "title": self.title,
@@ -267,7 +279,9 @@ class Bench:
         }
         for seed in self.seeds:
             for name in names:
-                result["rows"][name]["per_seed"].append(self._run_one(name, dict(rows[name]), points, trial, seed))
+                result["rows"][name]["per_seed"].append(
+                    self._run_one(name, dict(rows[name]), points, trial, seed)
+                )
                 self._summarize(result)
                 self._write(result)
         result["complete"] = True
@@ -291,7 +305,9 @@ class Bench:
             start = time.perf_counter()
             outcome = trial(name, params, seed)
             if self.primary not in outcome.valid:
-                raise KeyError(f"trial of row {name!r} returned no validation {self.primary!r}: {sorted(outcome.valid)}")
+                raise KeyError(
+                    f"trial of row {name!r} returned no validation {self.primary!r}: {sorted(outcome.valid)}"
+                )
             outcome.extra.setdefault("trial_seconds", time.perf_counter() - start)
             print(f"[{self.name}] {name} seed {seed} {point or ''}: valid {self.primary} "
                   f"{outcome.valid[self.primary]:.4f}", flush=True)  # fmt: skip
@@ -307,7 +323,9 @@ class Bench:
             "valid": _numeric(best.valid),
             "test": test,
             "extra": best.extra,
-            "grid_valid": [{"params": p, "valid": _numeric(o.valid)} for p, o in searched] if len(points) > 1 else [],
+            "grid_valid": [{"params": p, "valid": _numeric(o.valid)} for p, o in searched]
+            if len(points) > 1
+            else [],
         }
 
     def _summarize(self, result: dict[str, Any]) -> None:
@@ -336,7 +354,9 @@ class Bench:
                 row["paired"] = {}
                 continue
             row["paired"] = {
-                metric: paired_interval([m["test"][metric] for m, _ in pairs], [b["test"][metric] for _, b in pairs])
+                metric: paired_interval(
+                    [m["test"][metric] for m, _ in pairs], [b["test"][metric] for _, b in pairs]
+                )
                 for metric in pairs[0][0]["test"]
                 if all(metric in m["test"] and metric in b["test"] for m, b in pairs)
             }

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from harness import Bench, Trial, paired_interval, t_quantile_975  # noqa: E402
+from harness import Bench, Trial, paired_interval, t_quantile_975
 
 
 def test_t_quantile_matches_the_table() -> None:
