@@ -37,9 +37,16 @@ def test_paired_interval_equals_a_hand_computation() -> None:
 
 def _bench(tmp_path: Path, **kwargs) -> Bench:
     return Bench(
-        name="toy", title="toy", protocol="toy", budget="one call", selection="validation score",
-        primary="score", baseline="base", argv=["--seeds", "2", "--results-dir", str(tmp_path)], **kwargs,
-    )  # fmt: skip
+        name="toy",
+        title="toy",
+        protocol="toy",
+        budget="one call",
+        selection="validation score",
+        primary="score",
+        baseline="base",
+        argv=["--seeds", "2", "--results-dir", str(tmp_path)],
+        **kwargs,
+    )
 
 
 def test_selection_reads_validation_only_and_never_calls_unselected_test(tmp_path: Path) -> None:

@@ -14,9 +14,15 @@ from harness import Bench, Trial
 def test_report_renders_tables_paired_verdicts_and_a_plot(tmp_path: Path) -> None:
     results, docs = tmp_path / "results", tmp_path / "docs"
     bench = Bench(
-        name="toy", title="Toy bench", protocol="toy protocol", budget="3 steps", selection="validation score",
-        primary="score", baseline="base", argv=["--seeds", "3", "--results-dir", str(results)],
-    )  # fmt: skip
+        name="toy",
+        title="Toy bench",
+        protocol="toy protocol",
+        budget="3 steps",
+        selection="validation score",
+        primary="score",
+        baseline="base",
+        argv=["--seeds", "3", "--results-dir", str(results)],
+    )
     bench.add_table("A grid", ["items", "ms"], [[1000, 2.0], [10000, 20.0]])
     shift = {"base": 0.0, "better": 0.3, "same": 0.0}
     bench.run(
