@@ -23,7 +23,9 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import torch
 from huggingface_hub import HfApi, ModelHubMixin, snapshot_download
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 from lightning_rec.atomic import atomic_path
@@ -185,7 +187,9 @@ class HubMixin(
         config_path = folder / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{source}: no {CONFIG_FILE} to rebuild the model from")
-        model = instantiate_tree(read_json(config_path, source), expected=cls)
+        tree = read_json(config_path, source)
+        _check_weight_shapes(tree, cls, weights, source)
+        model = instantiate_tree(tree, expected=cls)
         try:
             load_model(model, str(weights), strict=True, device=device)
         except RuntimeError as error:
@@ -196,6 +200,44 @@ class HubMixin(
         if vocab_path.is_file():
             model.vocab = check_vocab(read_json(vocab_path, source), source)
         return model.eval()
+
+
+def _check_weight_shapes(tree: Any, cls: type, weights: Path, source: str) -> None:
+    """Refuse a config whose model would not hold exactly the tensors of ``weights``, before building it.
+
+    The tree is built on the ``meta`` device (shapes only: no memory, no data) and compared with the
+    safetensors header, so a config with huge sizes cannot make the loader allocate them. A
+    constructor that computes on its weights (SMoA's spectral partition) cannot run on ``meta``; such a
+    model is checked by the strict load after it is built.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = instantiate_tree(tree, expected=cls)
+    except (NotImplementedError, RuntimeError):
+        return
+    with safe_open(str(weights), framework="pt") as handle:
+        saved = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    # save_model writes one of the names of a tensor shared by several modules (DiffuReason's thinking
+    # encoder is its encoder): group names by tensor.
+    names_of: dict[int, list[str]] = {}
+    tensors = skeleton.state_dict(keep_vars=True)
+    for name, tensor in tensors.items():
+        names_of.setdefault(id(tensor), []).append(name)
+    problems = [f"unexpected {sorted(set(saved) - set(tensors))}"] if set(saved) - set(tensors) else []
+    for names in names_of.values():
+        on_disk = [name for name in names if name in saved]
+        if not on_disk:
+            problems.append(f"missing {names[0]}")
+        for name in on_disk:
+            if saved[name] != tuple(tensors[name].shape):
+                problems.append(
+                    f"{name} is {saved[name]} in {WEIGHTS_FILE}, {tuple(tensors[name].shape)} in the config"
+                )
+    if problems:
+        raise RuntimeError(
+            f"{source}: the weights in {WEIGHTS_FILE} do not match the model config.json describes "
+            f"(checked before building it): {'; '.join(problems[:10])}"
+        )
 
 
 def read_json(path: Path, source: str) -> Any:

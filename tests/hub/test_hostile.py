@@ -194,6 +194,18 @@ def test_safetensors_header_claiming_a_terabyte_is_refused(tmp_path, sealed):
     sealed.assert_untouched(builds_allowed=True)  # the (trusted) model is built before its weights load
 
 
+def test_config_with_huge_sizes_is_refused_before_it_allocates(tmp_path, sealed):
+    """6 million items x 16 floats would be 384 MB; the weights on disk are a few kB."""
+    repo = _saved_sasrec(tmp_path / "repo")
+    _edit_config(repo, lambda config: config["init_args"]["encoder"]["init_args"].update(num_items=6_000_000))
+    sealed.start()
+    with pytest.raises(
+        RuntimeError, match=r"checked before building it.*item_embedding\.weight is \(\d+, 16\)"
+    ):
+        SASRec.from_pretrained(repo)
+    sealed.assert_untouched(builds_allowed=True)  # built on the meta device only
+
+
 @pytest.mark.parametrize(
     "vocab, message",
     [
