@@ -102,10 +102,10 @@ def test_log_q_correction_makes_popularity_sampled_softmax_consistent():
     # loss and gradient; uncorrected, it stays biased (popular items are over-counted).
     hidden, items, targets = _inputs(positions=20, items=50, seed=5)
     generator = torch.Generator().manual_seed(6)
-    popularity = torch.rand(50, generator=generator, dtype=torch.float64) ** 4
+    popularity = torch.rand(50, generator=generator, dtype=torch.float64) ** 2 + 0.01
     popularity[0] = 0
     popularity /= popularity.sum()
-    negatives = torch.multinomial(popularity, 200_000, replacement=True, generator=generator)
+    negatives = torch.multinomial(popularity, 50_000, replacement=True, generator=generator)
     full = _full_cross_entropy(hidden, items, targets)
     (full_grad,) = torch.autograd.grad(full, hidden)
     log_q = log_expected_candidate_count(popularity, 0, popularity, len(negatives))
@@ -113,9 +113,10 @@ def test_log_q_correction_makes_popularity_sampled_softmax_consistent():
     (corrected_grad,) = torch.autograd.grad(corrected, hidden)
     uncorrected_log_q = torch.full((50,), math.log(len(negatives) / 49), dtype=torch.float64)
     uncorrected = sampled_softmax_loss(hidden, items, targets, negatives, uncorrected_log_q, in_batch=False)
+    (uncorrected_grad,) = torch.autograd.grad(uncorrected, hidden)
     torch.testing.assert_close(corrected, full, rtol=0.02, atol=0.0)
-    assert float((corrected_grad - full_grad).norm() / full_grad.norm()) < 0.05
-    assert abs(float(uncorrected - full)) > 0.2
+    assert float((corrected_grad - full_grad).norm() / full_grad.norm()) < 0.03
+    assert float((uncorrected_grad - full_grad).norm() / full_grad.norm()) > 0.1
 
 
 def test_gbce_beta_interpolates_between_bce_and_full_calibration():
