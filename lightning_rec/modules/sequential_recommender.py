@@ -60,12 +60,12 @@ class SequentialRecommender(RankingModule):
               ``num_negatives`` shared negatives from ``negative_sampler``, with the logQ correction.
               Needs the training items' popularity (taken from the datamodule's
               ``item_popularity()`` at ``fit``, or given with :meth:`set_item_popularity`).
-            - ``"gbce"``: gSASRec's gBCE with ``num_negatives`` uniform negatives per position and
-              calibration ``gbce_calibration``.
+            - ``"gbce"``: gSASRec's gBCE with ``num_negatives`` uniform negatives (shared by the
+              batch) and calibration ``gbce_calibration``.
             - ``"bce"``: binary cross-entropy with ``num_negatives`` uniform negatives per position
               (the SASRec paper's setting).
-        num_negatives: sampled negatives: per position for ``"gbce"`` and ``"bce"``, shared by the
-            batch for ``"sampled_softmax"``.
+        num_negatives: sampled negatives: per position for ``"bce"``, shared by the batch for
+            ``"gbce"`` and ``"sampled_softmax"``.
         negative_sampler: ``"uniform"`` or ``"popularity"`` (the training popularity) negatives for
             ``"sampled_softmax"``.
         gbce_calibration: gSASRec's ``t`` in ``[0, 1]`` (0 is plain BCE; the paper uses 0.75).
@@ -278,12 +278,15 @@ class SequentialRecommender(RankingModule):
             return chunked_cross_entropy(hidden, item_embeddings, targets, self.loss_chunk_size)
         if self.loss_name == "sampled_softmax":
             return self._sampled_softmax(hidden, item_embeddings, targets)
-        # Uniform negatives per position, as SASRec and gSASRec sample them.
+        if self.loss_name == "gbce":
+            # Uniform negatives shared by the batch: every position still sees g uniform negatives
+            # (gSASRec's sampling rate), for one (m d) x (d g) product instead of a gather of m g rows.
+            negatives = torch.randint(1, self.num_items + 1, (self.num_negatives,), device=targets.device)
+            return gbce_loss(hidden, item_embeddings, targets, negatives, self.gbce_calibration)
+        # Uniform negatives per position, as the SASRec paper samples them.
         negatives = torch.randint(
             1, self.num_items + 1, (len(targets), self.num_negatives), device=targets.device
         )  # (m g)
-        if self.loss_name == "gbce":
-            return gbce_loss(hidden, item_embeddings, targets, negatives, self.gbce_calibration)
         return bce_loss(hidden, item_embeddings, targets, negatives)
 
     def _sampled_softmax(self, hidden: Tensor, item_embeddings: Tensor, targets: Tensor) -> Tensor:

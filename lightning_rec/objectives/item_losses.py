@@ -222,13 +222,14 @@ def gbce_loss(
         hidden: ``(m d)``.
         item_embeddings: ``(i d)``, row 0 the padding item; the catalogue has ``i - 1`` real items.
         targets: ``(m)`` long, in ``[1, i)``.
-        negatives: ``(m g)`` long, uniformly sampled negatives per position, in ``[1, i)``.
+        negatives: ``(m g)`` long uniform negatives per position, or ``(g)`` shared by all positions
+            (each position still sees ``g`` uniform negatives, so ``alpha`` is the same), in ``[1, i)``.
         calibration: ``t`` in ``[0, 1]``; the paper's default is 0.75.
     """
     positive_logits, negative_logits = _positive_and_negative_logits(
         hidden, item_embeddings, targets, negatives
     )
-    beta = gbce_beta(negatives.shape[1], len(item_embeddings) - 1, calibration)
+    beta = gbce_beta(negative_logits.shape[1], len(item_embeddings) - 1, calibration)
     per_logit = torch.cat(
         [beta * rearrange(F.softplus(-positive_logits), "m -> m 1"), F.softplus(negative_logits)], dim=1
     )  # (m 1+g)
@@ -242,7 +243,7 @@ def bce_loss(hidden: Tensor, item_embeddings: Tensor, targets: Tensor, negatives
         hidden: ``(m d)``.
         item_embeddings: ``(i d)``, row 0 the padding item.
         targets: ``(m)`` long, in ``[1, i)``.
-        negatives: ``(m g)`` long sampled negatives, in ``[1, i)``.
+        negatives: ``(m g)`` long sampled negatives per position, or ``(g)`` shared, in ``[1, i)``.
     """
     positive_logits, negative_logits = _positive_and_negative_logits(
         hidden, item_embeddings, targets, negatives
@@ -253,15 +254,23 @@ def bce_loss(hidden: Tensor, item_embeddings: Tensor, targets: Tensor, negatives
 def _positive_and_negative_logits(
     hidden: Tensor, item_embeddings: Tensor, targets: Tensor, negatives: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """``(m)`` positive and ``(m g)`` negative logits, gathering only the ``m (1 + g)`` rows needed."""
+    """Positive ``(m)`` and negative ``(m g)`` logits; negatives per position ``(m g)`` or shared ``(g)``.
+
+    Shared negatives cost one ``(m d) x (d g)`` product and a gather of ``g`` rows; per-position ones a
+    gather of ``m g`` rows (1.6M rows of the catalogue at 6,400 positions and 256 negatives).
+    """
     _check_inputs(hidden, item_embeddings, targets)
-    if negatives.dim() != 2 or len(negatives) != len(targets) or negatives.shape[1] < 1:
+    shared = negatives.dim() == 1 and len(negatives) >= 1
+    per_position = negatives.dim() == 2 and len(negatives) == len(targets) and negatives.shape[1] >= 1
+    if not (shared or per_position):
         raise ValueError(
-            f"negatives must be ({len(targets)}, g >= 1) per position, got {tuple(negatives.shape)}"
+            f"negatives must be ({len(targets)}, g >= 1) per position or (g >= 1,) shared, "
+            f"got {tuple(negatives.shape)}"
         )
     positive_logits = torch.einsum("md,md->m", hidden, item_embeddings[targets])
-    negative_logits = torch.einsum("md,mgd->mg", hidden, item_embeddings[negatives])
-    return positive_logits, negative_logits
+    if shared:
+        return positive_logits, hidden @ item_embeddings[negatives].T
+    return positive_logits, torch.einsum("md,mgd->mg", hidden, item_embeddings[negatives])
 
 
 def _check_inputs(hidden: Tensor, item_embeddings: Tensor, targets: Tensor) -> None:

@@ -165,16 +165,3 @@ def test_sampled_softmax_needs_the_popularity_and_takes_it_from_the_datamodule(s
     counts = small_data.item_popularity() + 1
     counts[0] = 0
     torch.testing.assert_close(model.item_popularity, counts / counts.sum())
-
-
-@pytest.mark.parametrize("loss", ["ce_chunked", "sampled_softmax", "gbce"])
-def test_scalable_losses_beat_most_popular(small_data, loss):
-    torch.manual_seed(0)
-    popular = MostPopular(num_items=small_data.num_items)
-    popular.set_counts(small_data.item_popularity())
-    baseline = _trainer().test(popular, small_data, verbose=False)[0]
-    encoder = SASRecEncoder(num_items=small_data.num_items, hidden_size=32, num_layers=2, dropout=0.2)
-    model = SASRec(encoder=encoder, learning_rate=3e-3, loss=loss, num_negatives=32, loss_chunk_size=64)
-    _trainer(max_epochs=8, check_val_every_n_epoch=100).fit(model, small_data)
-    result = _trainer().test(model, small_data, verbose=False)[0]
-    assert result["test/ndcg@10"] > 1.5 * baseline["test/ndcg@10"]

@@ -139,6 +139,18 @@ def test_gbce_matches_a_hand_computation():
     torch.testing.assert_close(gbce_loss(hidden, items, targets, negatives, calibration=0.75), expected)
 
 
+def test_shared_negatives_equal_the_same_negatives_repeated_per_position():
+    hidden, items, targets = _inputs(positions=7, items=30, seed=3)
+    shared = torch.tensor([4, 9, 9, 21])
+    per_position = shared.expand(7, -1)
+    torch.testing.assert_close(
+        gbce_loss(hidden, items, targets, shared), gbce_loss(hidden, items, targets, per_position)
+    )
+    torch.testing.assert_close(
+        bce_loss(hidden, items, targets, shared), bce_loss(hidden, items, targets, per_position)
+    )
+
+
 def test_bce_matches_a_hand_computation():
     hidden, items, targets = _inputs(positions=7, items=30, seed=2)
     negatives = torch.randint(1, 30, (7, 3), generator=torch.Generator().manual_seed(0))
