@@ -76,3 +76,44 @@ def test_synthetic_reviews_source_caches_files(tmp_path):
     assert list(again.interactions()) == events
     assert [p.stat().st_mtime_ns for p in files] == mtimes  # reused, not rewritten
     assert again.fingerprint() == source.fingerprint()
+
+
+def test_writing_streams_users_and_gives_the_same_files_as_the_cached_users(tmp_path):
+    streamed = SyntheticCatalogue(num_users=40, num_items=60, seed=7)
+    first = streamed.write_amazon2018(tmp_path / "streamed")
+    assert "users" not in streamed.__dict__  # never all held in memory
+    cached = SyntheticCatalogue(num_users=40, num_items=60, seed=7)
+    assert len(cached.users) == 40
+    second = cached.write_amazon2018(tmp_path / "cached")
+    assert [_digest(p) for p in first] == [_digest(p) for p in second]
+
+
+def test_candidate_choices_follow_the_exact_choice_model():
+    # Sampling-importance-resampling over popularity-prior candidates: with complements off and one
+    # intent, the first choice of each user is a draw of softmax(<intent, item> / T + popularity).
+    catalogue = SyntheticCatalogue(num_users=1, num_items=40, num_categories=4, seed=8, choice_candidates=64)
+    intent = np.repeat(catalogue.category_centroids[:1] + 0.1, catalogue.intents_per_user, axis=0)
+    exact = np.exp(catalogue._intent_logits(intent[0]) - catalogue._intent_logits(intent[0]).max())
+    exact /= exact.sum()
+    counts = np.zeros(40)
+    for draw in range(3000):
+        _, items = catalogue._sample_choices_from_candidates(intent, 1, np.random.default_rng([8, draw]))
+        counts[items[0]] += 1
+    total_variation = 0.5 * np.abs(counts / counts.sum() - exact).sum()
+    assert total_variation < 0.08
+    # Far from the popularity prior alone: the intent matters.
+    prior = np.exp(catalogue.item_popularity) / np.exp(catalogue.item_popularity).sum()
+    assert 0.5 * np.abs(exact - prior).sum() > 0.3
+
+
+def test_candidate_choices_keep_the_generative_rules():
+    catalogue = SyntheticCatalogue(num_users=150, num_items=5000, seed=9, choice_candidates=32)
+    pairs = []
+    for user in catalogue.users:
+        assert len(set(user.items.tolist())) == len(user.items)
+        assert np.all(np.diff(user.timestamps) > 0)
+        pairs += list(zip(user.items[:-1], user.items[1:], strict=True))
+    rate = np.mean([catalogue.item_complement[a] == b for a, b in pairs])
+    assert 0.2 < rate < 0.45
+    assert catalogue.config()["choice_candidates"] == 32
+    assert "choice_candidates" not in SyntheticCatalogue(num_users=1, num_items=5, num_categories=2).config()
