@@ -23,7 +23,7 @@ from lightning_rec.blocks.sequence import SASRec as SASRecEncoder
 from lightning_rec.blocks.sequence import SequenceEncoder
 from lightning_rec.data.batches import EvalBatch, PredictBatch, TrainBatch
 from lightning_rec.hub.cards import render_model_card
-from lightning_rec.metrics.ranking import FullRankingMetrics
+from lightning_rec.metrics.ranking import FullRankingMetrics, chunked_topk
 from lightning_rec.modules.ranking_module import RankingModule
 from lightning_rec.objectives.item_losses import (
     bce_loss,
@@ -242,11 +242,15 @@ class SequentialRecommender(RankingModule):
         With ``exclude_history``, the items of ``history (b h)`` (0-padded; default ``input_ids``)
         score ``-inf``; so does padding. A row with fewer than ``k`` other items ends in ``-inf`` scores.
         """
-        scores = self(input_ids)
-        if exclude_history:
-            scores = scores.scatter(1, input_ids if history is None else history, float("-inf"))
-        top = scores.topk(min(k, scores.shape[1]), dim=1)
-        return top.indices, top.values
+        # Chunked over the catalogue (lightning_rec.metrics.chunked_topk): the (b i) score matrix is
+        # never built, so `lightning-rec predict` stays within O(b (k + chunk)) memory at 10^6 items.
+        exclude = (input_ids if history is None else history) if exclude_history else None
+        return chunked_topk(
+            self.user_representation(input_ids),
+            self.item_embeddings(),
+            min(k, self.num_items),
+            exclude=exclude,
+        )
 
     # ------------------------------------------------------------ training
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
