@@ -5,8 +5,9 @@ near its category's centroid. Users hold a few latent intents and drift between 
 their sessions are sampled from those intents, plus "complement" transitions (an item is often
 followed by a fixed companion item of the same category) that only a sequential model can exploit.
 With ``aspect_strength`` > 0 users also differ in what they value beyond their intents: half of them
-are novelty-seeking (they favour categories they have not bought from yet), half loyal (they favour
-the categories they have), so the best weighting of a judge's aspects differs between users.
+are novelty-seeking (they favour categories they have not bought from yet and skip companion items),
+half loyal (they favour the categories they have), so the best weighting of a judge's aspects
+differs between users.
 
 The catalogue is written in the Amazon Reviews 2018 format (``Synthetic.json.gz`` and
 ``meta_Synthetic.json.gz``) and read back through :class:`~lightning_rec.data.AmazonReviews`, so the
@@ -109,8 +110,9 @@ class SyntheticCatalogue:
         complement_prob: probability that the next item is the previous item's fixed companion.
         temperature: softmax temperature of intent-driven choices (lower is more predictable).
         aspect_strength: logit bonus of a user's favoured aspect: categories not seen yet for a
-            novelty-seeking user, categories already seen for a loyal one (half the users each,
-            :attr:`novelty_seeking`). 0 (the default) is a catalogue without aspect preferences.
+            novelty-seeking user (who also skips companion items), categories already seen for a loyal
+            one (half the users each, :attr:`novelty_seeking`). 0 (the default) is a catalogue
+            without aspect preferences.
         seed: everything is a function of this seed.
     """
 
@@ -227,8 +229,10 @@ class SyntheticCatalogue:
         unseen categories (novelty-seeking) or on seen ones (loyal); 0 without aspect preferences."""
         if self.aspect_strength == 0:
             return 0.0
-        seen = np.isin(self.item_category, self.item_category[np.asarray(seen_items, dtype=np.int64)])
-        return self.aspect_strength * (~seen if novelty_seeking else seen)
+        seen_categories = np.zeros(self.num_categories, dtype=bool)
+        seen_categories[self.item_category[np.asarray(seen_items, dtype=np.int64)]] = True
+        favoured = ~seen_categories if novelty_seeking else seen_categories
+        return self.aspect_strength * favoured[self.item_category]
 
     def _sample_user(self, rng: np.random.Generator, novelty_seeking: bool) -> _User:
         m, k = self.intents_per_user, self.latent_dim
@@ -242,7 +246,9 @@ class SyntheticCatalogue:
             if step > 0 and rng.random() < self.drift:
                 active = rng.integers(m)
             companion = int(self.item_complement[items[-1]]) if items else -1
-            if items and companion not in seen and rng.random() < self.complement_prob:
+            # A novelty-seeking user skips the companion: it is of a category already bought.
+            follows_companions = not (novelty_seeking and self.aspect_strength > 0)
+            if items and companion not in seen and follows_companions and rng.random() < self.complement_prob:
                 item = companion
             else:
                 logits = self._intent_logits(intents[active]) + self._aspect_bonus(novelty_seeking, items)

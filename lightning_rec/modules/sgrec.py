@@ -445,6 +445,12 @@ class SGRec(SequentialRecommender):
         )  # fmt: skip
 
     def on_train_start(self) -> None:
+        if self.stage == "judge":
+            # The judge's input normalisation, from the user features of every training window.
+            with torch.no_grad():
+                windows = [batch.input_ids for batch in self.trainer.datamodule.train_dataloader()]
+                features = torch.cat([self.judge_user_features(input_ids) for input_ids in windows])
+            self.judge.fit_feature_normalisation(features)
         if self.stage == "policy" and self.ppo.kl_coef > 0:
             # The whole policy (encoder and item embeddings). object.__setattr__: an nn.Module attribute
             # would be registered (trained, saved).
@@ -457,15 +463,23 @@ class SGRec(SequentialRecommender):
         What the judge reads is the items' texts (:meth:`UserContext.of`), served from the score cache
         (:class:`~lightning_rec.blocks.CachedEvidence`); only what is missing is computed.
         """
-        if self._cached_evidence is None:
-            raise RuntimeError("SGRec's judge is not set up: run it through a Trainer with a datamodule")
-        contexts = [
-            UserContext.of([self._item_texts[item] for item in row if item > 0]) for row in input_ids.tolist()
-        ]
+        contexts = self._judge_contexts(input_ids)
         candidates = [[self._item_texts[item] for item in row] for row in items.tolist()]
         features = self._cached_evidence.user_features(contexts)
         evidence = self._cached_evidence.score(contexts, candidates)
         return features.to(self.device), evidence.to(self.device)
+
+    def judge_user_features(self, input_ids: Tensor) -> Tensor:
+        """Histories `b n` -> the judge's user features `b u` (cached)."""
+        return self._cached_evidence.user_features(self._judge_contexts(input_ids)).to(self.device)
+
+    def _judge_contexts(self, input_ids: Tensor) -> list[UserContext]:
+        """`b n` histories -> what the judge reads of each user: the texts of the items."""
+        if self._cached_evidence is None:
+            raise RuntimeError("SGRec's judge is not set up: run it through a Trainer with a datamodule")
+        return [
+            UserContext.of([self._item_texts[item] for item in row if item > 0]) for row in input_ids.tolist()
+        ]
 
     def judge_scores(self, input_ids: Tensor, items: Tensor) -> Tensor:
         """The judge's holistic score `b c` in [0, 1] of candidates `b c` for histories `b n`."""
