@@ -90,8 +90,8 @@ def test_judge_stage_then_a2po_policy_beat_trivial_baselines(data, evidence, tmp
     judge_trainer.save_checkpoint(checkpoint)
 
     L.seed_everything(1)
-    policy = _model(data, evidence, tmp_path / "scores", stage="policy", group_size=16,
-                    pretrained=str(tmp_path / "judge_stage"))  # fmt: skip
+    policy = _model(data, evidence, tmp_path / "scores", stage="policy", group_size=16, anchor_weight=0.1,
+                    ppo_epochs=2, num_minibatches=2, pretrained=str(tmp_path / "judge_stage"))  # fmt: skip
     from_checkpoint = _model(data, evidence, tmp_path / "scores", stage="policy", pretrained=str(checkpoint))
     start = policy.state_dict()
     assert all(torch.equal(start[k], v) for k, v in from_checkpoint.state_dict().items())
@@ -108,7 +108,8 @@ def test_judge_stage_then_a2po_policy_beat_trivial_baselines(data, evidence, tmp
     )
     assert trained["test/ecpm@10"] > 1.05 * judged["test/ecpm@10"]  # A2PO raised the business reward
     assert trained["test/ecpm@10"] > 2.0 * max(popularity, random_slates)
-    assert trained["test/ndcg@10"] > 0.5 * judged["test/ndcg@10"]  # still a recommender
+    # The supervised anchor keeps it a recommender (pure RL lost 25-31% of HR@10 here).
+    assert trained["test/recall@10"] > 0.9 * judged["test/recall@10"], (trained, judged)
     assert 0 < trained["test/judge_score@10"] < 1
     card = policy.generate_model_card(repo_id="org/sgrec-tiny")
     assert "arXiv:2602.10606" in card.text and "ecpm@10" in card.text
