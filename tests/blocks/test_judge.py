@@ -300,3 +300,47 @@ def test_personalised_weights_beat_one_global_weight_vector_on_held_out_pairs(mi
     seeking = torch.from_numpy(catalogue.novelty_seeking[350:500])
     novelty = personalised.aspects.index("novelty")
     assert weights[seeking, novelty].mean() > weights[~seeking, novelty].mean() + 0.2
+
+
+class _HashEvidence:
+    """A deterministic stage-A stand-in that records what it is asked to score."""
+
+    aspects, version, feature_size = ("profile", "future", "novelty"), "hash/v1", 4
+
+    def __init__(self):
+        self.scored: list[tuple[str, str]] = []
+
+    def score(self, contexts, candidates):
+        self.scored += [
+            (context.key, item.text)
+            for context, row in zip(contexts, candidates, strict=True)
+            for item in row
+        ]
+        return torch.tensor(
+            [
+                [[(hash((c.key, i.text, a)) % 97) / 96 for a in range(3)] for i in row]
+                for c, row in zip(contexts, candidates, strict=True)
+            ]
+        )
+
+    def user_features(self, contexts):
+        return torch.tensor([[float(len(c.history)), 1.0, 0.0, -1.0] for c in contexts])
+
+
+def test_cached_evidence_computes_each_pair_once_and_matches_the_backend(tmp_path):
+    backend = _HashEvidence()
+    cached = CachedEvidence(backend, tmp_path)
+    alice = UserContext.of(["Trail running shoes", ItemText("Tent", "Tent")])
+    bob = UserContext.of(["Teapot"])
+    assert UserContext.of(["Trail running shoes", ItemText("Tent", "Tent")]).key == alice.key != bob.key
+    first = cached.score([alice, bob], [CANDIDATES[:2], CANDIDATES[1:]])
+    torch.testing.assert_close(first, _HashEvidence().score([alice, bob], [CANDIDATES[:2], CANDIDATES[1:]]))
+    assert len(backend.scored) == 4
+    # Only the new (alice, teapot) pair is computed; the rest comes from the cache, in the asked order.
+    second = cached.score([alice], [[CANDIDATES[2], CANDIDATES[0]]])
+    assert backend.scored[4:] == [(alice.key, CANDIDATES[2].text)]
+    torch.testing.assert_close(second[0, 1], first[0, 0])
+    cached.save()
+    reread = CachedEvidence(_HashEvidence(), tmp_path)
+    torch.testing.assert_close(reread.score([bob], [CANDIDATES[1:]]), first[1:])
+    assert reread.backend.scored == []
