@@ -399,6 +399,10 @@ def ppo_update(
             "config.kl_coef > 0 needs the rollout's ref_log_probs (pass a reference to the rollout)"
         )
     advantages = advantages.detach()
+
+    def flat(values: Tensor | None) -> Tensor | None:
+        return None if values is None else rearrange(values, "m g ... -> (m g) ...")
+
     history: list[dict[str, Tensor]] = []
     for _ in range(config.ppo_epochs):
         for groups in minibatch_groups(b, config.num_minibatches, generator):
@@ -410,9 +414,6 @@ def ppo_update(
                     f"evaluate must return log_probs of shape (m g s) = {expected} for {len(groups)} groups, "
                     f"got {tuple(evaluation.log_probs.shape)}"
                 )
-
-            def flat(values: Tensor | None) -> Tensor | None:
-                return None if values is None else rearrange(values, "m g ... -> (m g) ...")
 
             loss, diagnostics = ppo_loss(
                 flat(evaluation.log_probs),
