@@ -3,6 +3,7 @@
 from lightning_rec.blocks.diffusion import DiffusionHead, DiffusionSample
 from lightning_rec.blocks.judge import (
     AspectEvidence,
+    CachedEvidence,
     EmbeddingAspectEvidence,
     ItemText,
     LLMAspectEvidence,
@@ -37,6 +38,7 @@ __all__ = [
     "SEQUENCE_ENCODERS",
     "AspectEvidence",
     "BERT4Rec",
+    "CachedEvidence",
     "ClassifierHead",
     "DeepPrompts",
     "DiffusionHead",
