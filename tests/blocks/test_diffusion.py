@@ -296,8 +296,8 @@ def test_runs_under_bf16_autocast_with_float32_log_probs(denoiser):
     [
         (lambda head, cond: head.sample(cond, eta=1.5), "eta"),
         (lambda head, cond: head.sample(cond, steps=9), "steps"),
-        (lambda head, cond: head.sample(cond, strength=0.5), "x_start"),
-        (lambda head, cond: head.sample(cond[:, :, :4]), "condition"),
+        (lambda head, cond: head.sample(cond, strength=0.01), "strength"),
+        (lambda head, cond: head.sample(cond[:, :, :4]), "condition_size"),
         (
             lambda head, cond: head.trajectory_log_probs(
                 cond, torch.zeros(BATCH, 3, 16), torch.arange(3), 0.0
@@ -340,3 +340,41 @@ def test_forward_is_batch_independent():
     zero_start = head.sample(condition, start_noise=torch.zeros(6, 16)).x0
     torch.testing.assert_close(whole, zero_start)
     assert not torch.allclose(whole, head.sample(condition, generator=torch.Generator().manual_seed(1)).x0)
+
+
+def test_the_start_is_thought_conditioned_and_forward_takes_its_mean():
+    """x_{t_S} = sqrt(a) h0 + sqrt(1 - a) eps: eps from the generator's first draw by default, 0 in
+    forward; on a linear schedule a_T is far from 0, so the start is visibly the hypothesis."""
+    head = build("mlp", schedule="linear")
+    cond = condition()
+    a = head.alphas_cumprod[NUM_STEPS]
+    assert a > 0.5
+    with torch.no_grad():
+        sampled = head.sample(cond, generator=seeded(21))
+        mean_start = head.sample(cond, start_noise=torch.zeros(BATCH, HIDDEN_SIZE))
+        served = head(cond)
+    noise = torch.randn(BATCH, HIDDEN_SIZE, generator=seeded(21))
+    torch.testing.assert_close(sampled.trajectory[:, 0], a.sqrt() * cond[:, -1] + (1 - a).sqrt() * noise)
+    torch.testing.assert_close(mean_start.trajectory[:, 0], a.sqrt() * cond[:, -1])
+    torch.testing.assert_close(served, mean_start.x0)
+    assert not torch.allclose(served, sampled.x0, atol=1e-3)
+
+
+def test_a_condition_of_another_width_goes_through_a_learned_projection():
+    """Issue 19: a width-48 condition into a width-32 head. The projection is the residual start
+    (x0_hat = W c_last + b at init), it trains, and equal widths keep the identity start."""
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="condition_size"):
+        DiffusionHead(hidden_size=32, num_steps=8, sampling_steps=4).sample(torch.randn(4, 2, 48))
+    head = DiffusionHead(hidden_size=32, num_steps=8, sampling_steps=4, condition_size=48)
+    cond = torch.randn(4, 2, 48)
+    projection = head.condition_projection
+    torch.testing.assert_close(head(cond), projection(cond[:, -1]))
+    sample = head.sample(cond, eta=1.0, generator=seeded(22))
+    assert sample.x0.shape == (4, 32) and sample.log_probs.shape == (4, 4)
+    torch.testing.assert_close(
+        head.trajectory_log_probs(cond, sample.trajectory, sample.timesteps, 1.0), sample.log_probs
+    )
+    head.loss(torch.randn(4, 32), cond).backward()
+    assert projection.weight.grad.abs().sum() > 0
+    assert DiffusionHead(hidden_size=32, condition_size=32).condition_projection is None
