@@ -1,4 +1,5 @@
-"""DiffuReason: Think-then-Diffuse sequential recommendation (arXiv 2602.09744).
+"""DiffuReason: Bridging Latent Reasoning and Generative Refinement for Sequential Recommendation
+(arXiv 2602.09744).
 
 Thinking tokens reason over the user's history and form an intent hypothesis (Think); a diffusion
 head refines it, treating the intent as a distribution and denoising the reasoning's noise
@@ -11,10 +12,13 @@ window position whose target is the next item: the last position and ``requests_
 random others, all read from the one encoded window):
 
 1. Backbone: h = encoder(history), next-item cross-entropy at every position (SASRec's loss).
-2. Think: K thought vectors at each request position; the last is the intent hypothesis h0.
+2. Think: K thought vectors at each request position; the last is the intent hypothesis h0. The
+   thoughts are gated residuals on the backbone's state, closed at init: the Think stage starts as
+   the backbone and departs from it only as far as the loss pays for.
 3. Diffuse: diffusion loss on the target item's embedding (direction, scaled to the hidden size)
    conditioned on the thoughts; the deterministic reverse process (eta = 0) refines h0 into the
-   intent; cross-entropy over the full catalogue on the refined intent and on h0.
+   intent, from the thought-conditioned start that inference uses too (``DiffusionHead.forward``);
+   cross-entropy over the full catalogue on the refined intent and on h0.
 4. Align (after ``grpo_warmup_steps``): G stochastic reverse processes (eta > 0) at each window's
    last request, reward = NDCG (1 / log2(rank + 1)) or reciprocal rank of the target under each
    sampled intent, group z-scored advantages, PPO-clipped policy loss on per-step log-probabilities.
@@ -43,7 +47,7 @@ from torch import Tensor
 from lightning_rec.blocks.diffusion import DiffusionHead
 from lightning_rec.blocks.sequence import SASRec as SASRecEncoder
 from lightning_rec.blocks.sequence import SequenceEncoder
-from lightning_rec.blocks.thinking import ThinkingTokenEncoder
+from lightning_rec.blocks.thinking import FeedbackName, ThinkingTokenEncoder
 from lightning_rec.data.batches import TrainBatch
 from lightning_rec.hub.cards import render_model_card
 from lightning_rec.modules.sequential_recommender import LossName, SequentialRecommender
@@ -60,6 +64,11 @@ class DiffuReason(SequentialRecommender):
     Args:
         encoder: the backbone (SASRec by default in the configs; BERT4Rec, GRU4Rec, HSTU work).
         num_thinking_tokens: K latent reasoning steps (Think).
+        thinking_feedback: ``"gated"`` (zero-initialised gated residual thoughts: Think starts as the
+            backbone) or ``"projected"`` (LayerNorm + projection of the fed-back thought to an item
+            input's scale); see :class:`ThinkingTokenEncoder`.
+        thought_dropout: apply the backbone's dropout to the thought positions too (off by default:
+            the one vector that carries the reasoning is not regularised like an item input).
         diffusion: the diffusion head (Diffuse); default ``DiffusionHead(hidden_size=encoder.hidden_size)``.
         requests_per_window: positions of each training window trained as requests by Think and
             Diffuse: the last one plus random others (causal encoders; a bidirectional encoder
@@ -88,6 +97,8 @@ class DiffuReason(SequentialRecommender):
         self,
         encoder: SequenceEncoder,
         num_thinking_tokens: int = 2,
+        thinking_feedback: FeedbackName = "gated",
+        thought_dropout: bool = False,
         diffusion: DiffusionHead | None = None,
         requests_per_window: int = 8,
         use_thinking: bool = True,
@@ -139,7 +150,11 @@ class DiffuReason(SequentialRecommender):
         self.use_thinking = use_thinking
         self.use_diffusion = use_diffusion
         self.use_grpo = use_grpo
-        self.thinking = ThinkingTokenEncoder(encoder, num_thinking_tokens) if use_thinking else None
+        self.thinking = (
+            ThinkingTokenEncoder(encoder, num_thinking_tokens, thinking_feedback, thought_dropout)
+            if use_thinking
+            else None
+        )
         if use_diffusion:
             diffusion = diffusion if diffusion is not None else DiffusionHead(hidden_size=encoder.hidden_size)
             if diffusion.hidden_size != encoder.hidden_size:
@@ -232,7 +247,8 @@ class DiffuReason(SequentialRecommender):
         return choice.topk(min(self.requests_per_window, target_ids.shape[1]), dim=1).indices
 
     def user_representation(self, input_ids: Tensor) -> Tensor:
-        """``(b n)`` history -> ``(b d)`` refined intent (deterministic: eta = 0, fixed start noise)."""
+        """``(b n)`` history -> ``(b d)`` refined intent (deterministic: eta = 0 from the
+        thought-conditioned start, exactly the process the training step ranks with)."""
         condition = self.condition(self.request_ids(input_ids))
         if self.diffusion is None:
             return condition[:, -1]
@@ -282,7 +298,9 @@ class DiffuReason(SequentialRecommender):
             # 3. Diffuse: learn to denoise the target intent, then rank with the refined intent.
             if self.diffusion is not None:
                 diffusion_loss = self.diffusion.loss(self.intent_target(target), condition)
-                intent = self.diffusion.sample(condition, eta=0.0).x0
+                # The served process (forward: eta = 0, the start's mean), not a noise-started one:
+                # the intent this loss ranks with is the intent inference ranks with.
+                intent = self.diffusion(condition)
                 intent_loss = self._next_item_loss(intent, target) + self._next_item_loss(hypothesis, target)
                 loss = loss + self.diffusion_loss_weight * diffusion_loss
                 logs["train/diffusion_loss"] = diffusion_loss
@@ -313,7 +331,10 @@ class DiffuReason(SequentialRecommender):
         training = self.diffusion.training
         self.diffusion.eval()
         try:
-            sample = self.diffusion.sample(group, eta=self.sampling_eta)
+            # The start every other caller uses (the thought-conditioned start's mean): the policy
+            # GRPO improves is the process inference runs, with eta > 0 noise on its transitions.
+            start = group.new_zeros(len(group), self.diffusion.hidden_size)
+            sample = self.diffusion.sample(group, eta=self.sampling_eta, start_noise=start)
         finally:
             self.diffusion.train(training)
         with torch.no_grad():

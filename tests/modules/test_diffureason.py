@@ -126,6 +126,7 @@ def test_grpo_gradient_reaches_the_diffusion_head_and_the_thinking():
     # A zero-initialised correction makes every sample end at the hypothesis (equal rewards,
     # zero advantages); a random one makes the group's samples differ.
     torch.nn.init.normal_(model.diffusion.denoiser.output.weight, std=0.5)
+    torch.nn.init.ones_(model.thinking.gate)  # closed gates would route no gradient to the markers
     condition = model.condition(batch.input_ids)
     loss, diagnostics = model.grpo_step(condition, batch.target_ids[:, -1])
     loss.backward()
@@ -197,3 +198,48 @@ def test_requests_inside_windows_are_the_last_position_plus_random_supervised_on
     single = _model(requests_per_window=1)
     single.load_state_dict(model.state_dict())
     assert torch.isfinite(model.training_step(batch, 0)) and torch.isfinite(single.training_step(batch, 0))
+
+
+def test_at_init_the_think_and_diffuse_stages_are_the_backbone():
+    """Gated thoughts closed, correction zero: DiffuReason scores as SASRec with the same weights,
+    in eval mode and in a training step's backbone state (dropout 0.5 on the backbone)."""
+    torch.manual_seed(0)
+    encoder = SASRecEncoder(num_items=20, hidden_size=16, max_len=10, dropout=0.5)
+    model = _model(encoder, use_grpo=False).eval()
+    sasrec = SASRec(encoder=SASRecEncoder(num_items=20, hidden_size=16, max_len=10, dropout=0.5)).eval()
+    sasrec.encoder.load_state_dict(model.encoder.state_dict())
+    batch = _batch(20)
+    torch.testing.assert_close(model(batch.input_ids), sasrec(batch.input_ids))
+    model.train()
+    prefix = model.encoder.encode_prefix(batch.input_ids)
+    thoughts = model.condition(batch.input_ids, prefix)
+    assert torch.equal(thoughts, prefix[0][:, -1:].expand_as(thoughts))
+    torch.testing.assert_close(model.diffusion(thoughts), prefix[0][:, -1])
+
+
+def test_training_and_inference_rank_with_the_same_start():
+    """The intent the training step's CE ranks with is the intent inference serves (no dropout, one
+    request per window, a trained-looking correction so that the start matters)."""
+    torch.manual_seed(0)
+    model = _model(use_grpo=False, requests_per_window=1)
+    torch.nn.init.normal_(model.diffusion.denoiser.output.weight, std=0.5)
+    torch.nn.init.normal_(model.thinking.gate, mean=1.0, std=0.1)
+    ranked: list[torch.Tensor] = []
+    next_item_loss = model._next_item_loss
+
+    def record(hidden, targets):
+        ranked.append(hidden.detach())
+        return next_item_loss(hidden, targets)
+
+    model._next_item_loss = record
+    batch = _batch(20)
+    model.training_step(batch, 0)
+    _backbone, intent, _hypothesis = ranked
+    with torch.no_grad():
+        served = model.user_representation(batch.input_ids)
+    torch.testing.assert_close(intent, served)
+    # A noise-started sample (what training used before) is a different intent.
+    noisy = model.diffusion.sample(
+        model.condition(batch.input_ids), generator=torch.Generator().manual_seed(0)
+    )
+    assert (noisy.x0 - served).norm() > 0.05 * served.norm()
