@@ -4,6 +4,7 @@ import numpy as np
 
 from lightning_rec.data.amazon import AmazonReviews
 from lightning_rec.data.synthetic import SyntheticCatalogue, SyntheticReviews
+from lightning_rec.data.text_files import fingerprint_files
 
 
 def _digest(path):
@@ -76,3 +77,19 @@ def test_synthetic_reviews_source_caches_files(tmp_path):
     assert list(again.interactions()) == events
     assert [p.stat().st_mtime_ns for p in files] == mtimes  # reused, not rewritten
     assert again.fingerprint() == source.fingerprint()
+
+
+def test_amazon2023_format_holds_the_same_data_and_leaves_the_2018_files_as_they_were(tmp_path):
+    arguments = dict(num_users=30, num_items=40, num_categories=4, cache_dir=str(tmp_path))
+    old = SyntheticReviews(**arguments)
+    new = SyntheticReviews(**arguments, format="amazon2023")
+    assert new.reader.version == "2023" and new.reader.reviews.name == "Synthetic.jsonl.gz"
+    assert list(new.interactions()) == list(old.interactions())
+    assert list(new.items()) == list(old.items())
+    # The default's cache key and bytes are what they were before the option existed.
+    catalogue = SyntheticCatalogue(num_users=30, num_items=40, num_categories=4)
+    reference = catalogue.write_amazon2018(tmp_path / "reference")
+    assert [_digest(p) for p in (old.reader.reviews, old.reader.meta)] == [_digest(p) for p in reference]
+    assert old.reader.reviews.parent.name == fingerprint_files(
+        [], {"synthetic": catalogue.config(), "format": 1}
+    )
