@@ -375,13 +375,15 @@ class DiffusionHead(HubMixin, nn.Module):
         eta = 0 is deterministic DDIM; eta = 1 with steps = T is DDPM's ancestral sampler (posterior
         mean and variance). The last step (to t = 0) is deterministic for every eta.
 
-        Start (thought-conditioned): x_{t_S} = q_sample(x_start, t_S, noise), the forward process's
-        marginal around a guess of x0, SDEdit-style. The guess `x_start` defaults to the intent
-        hypothesis (the projected `condition[:, -1]`), the x0 that the residual denoiser predicts at
-        init, so the chain starts where its own prediction says the data is; `strength` < 1 starts
-        it lower in the schedule. `noise` ~ N(0, I), or `start_noise` `b d` (zeros: the marginal's
-        mean, the start of `forward`). Every draw uses `generator`, so a generator state fixes the
-        result.
+        Start (thought-conditioned): x_{t_S} = q_sample(x_start, t_S, start_noise), the forward
+        process's marginal around a guess of x0, SDEdit-style. The guess `x_start` defaults to the
+        intent hypothesis (the projected `condition[:, -1]`), the x0 that the residual denoiser
+        predicts at init, so the chain starts where its own prediction says the data is; `strength`
+        < 1 starts it lower in the schedule. `start_noise` `b d` defaults to zeros: the marginal's
+        mean, so every caller (the training loss, inference, a GRPO rollout) starts from the same
+        point and a stochastic sample differs from the served one only by its eta > 0 transitions.
+        Pass `start_noise=torch.randn(...)` for a noise-started chain. Every draw uses `generator`,
+        so a generator state fixes the result.
 
         Each sampled x_{t_{i+1}} is an action (DDPO): the step's input x_{t_i} is detached, and
         `log_probs[:, i]` is the density of the detached action under the step's mean, so gradient
@@ -397,9 +399,7 @@ class DiffusionHead(HubMixin, nn.Module):
         schedule = self._strided_timesteps(self.sampling_steps if steps is None else steps, strength)
         batch, device = condition.shape[0], condition.device
         if start_noise is None:
-            noise = torch.randn(
-                batch, self.hidden_size, generator=generator, device=device, dtype=torch.float32
-            )
+            noise = torch.zeros(batch, self.hidden_size, device=device, dtype=torch.float32)
         else:
             self._check_vectors("start_noise", start_noise, batch)
             noise = start_noise.float()
@@ -489,8 +489,7 @@ class DiffusionHead(HubMixin, nn.Module):
         it is in, the process that scores it under DDP, or any random state. Use it for the ranking
         loss in training as well as for inference: then both run the same process from the same start.
         """
-        start = condition.new_zeros(condition.shape[0], self.hidden_size, dtype=torch.float32)
-        return self.sample(condition, start_noise=start).x0
+        return self.sample(condition).x0
 
     def _reverse_step(
         self, x_t: Tensor, t: Tensor, t_prev: Tensor, condition: Tensor, eta: float
