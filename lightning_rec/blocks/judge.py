@@ -44,7 +44,8 @@ from einops import rearrange, reduce
 from torch import Tensor, nn
 
 from lightning_rec.hub.mixin import HubMixin
-from lightning_rec.objectives.grpo import clipped_policy_loss, group_advantages
+from lightning_rec.objectives.grpo import group_advantages
+from lightning_rec.objectives.ppo import ppo_loss
 
 __all__ = [
     "ASPECTS",
@@ -541,7 +542,7 @@ class PersonalizedSemanticJudge(HubMixin, nn.Module):
 
         Returns the scalar loss of ``objective`` and detached diagnostics: "pair_accuracy" (share of
         pairs the deterministic w(x) orders right), "scale" (beta), and for pairwise GRPO the
-        diagnostics of :func:`~lightning_rec.objectives.clipped_policy_loss` and "reward_mean".
+        diagnostics of :func:`~lightning_rec.objectives.ppo_loss` and "reward_mean".
         """
         self._check_evidence(preferred_scores, len(user_features), dims=2)
         self._check_evidence(other_scores, len(user_features), dims=2)
@@ -559,7 +560,7 @@ class PersonalizedSemanticJudge(HubMixin, nn.Module):
         log_probs = rearrange(policy.log_prob(sampled), "g b -> b g")
         rewards = (torch.einsum("gbm,bm->bg", sampled, difference) > 0).float()
         advantages = group_advantages(rewards)
-        loss, grpo_diagnostics = clipped_policy_loss(
+        loss, grpo_diagnostics = ppo_loss(
             rearrange(log_probs, "b g -> (b g) 1"),
             rearrange(log_probs, "b g -> (b g) 1"),  # on-policy: one update per sample, ratio 1
             rearrange(advantages, "b g -> (b g)"),
