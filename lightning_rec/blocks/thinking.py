@@ -10,7 +10,7 @@ The block reuses the encoder's weights (it holds the encoder, it does not copy i
 the K reasoning-position embeddings, plus the feedback's few parameters (see ``feedback``).
 
 **The encoder protocol** (:class:`ThinkingBackbone`): an ``nn.Module`` with ``hidden_size`` (d),
-``causal`` (bool), ``encode_prefix(input_ids (b n)) -> (hidden (b n d), state)`` and
+``encode_prefix(input_ids (b n)) -> (hidden (b n d), state)`` and
 ``extend(state, appended (b k d)) -> (b k d)`` (plus ``positions`` (b r) with appended ``(b r k d)``
 for causal encoders: thinking at inner positions). Every :class:`SequenceEncoder` implements it,
 transformers with a KV cache so that each thinking step costs its appended positions only. Any other
@@ -46,12 +46,12 @@ class ThinkingBackbone(Protocol):
 
     Attributes:
         hidden_size: d, the width of the outputs and of the appended input vectors.
-        causal: True when the output at position t depends on no item after t; thinking at inner
-            positions (``positions``) needs it.
+
+    Thinking at inner positions (``positions``) also needs the encoder to be causal (the output at
+    t depends on no item after t); ``extend`` rejects ``positions`` otherwise.
     """
 
     hidden_size: int
-    causal: bool
 
     def encode_prefix(self, input_ids: Tensor) -> tuple[Tensor, object]:
         """Item ids `b n` (left-padded, 0 = padding) -> hidden states `b n d` and a state for `extend`."""

@@ -261,3 +261,29 @@ def test_adapter_errors_name_the_fix():
     two_tables = TwoTables()
     chosen = as_sequence_encoder(two_tables, embedding=two_tables.embedding)
     assert ThinkingTokenEncoder(chosen)(torch.ones(2, 3, dtype=torch.long)).shape == (2, 2, 16)
+
+
+def test_any_module_with_the_protocol_is_used_as_is():
+    """hidden_size, encode_prefix and extend are the whole protocol (no base class, no `causal`)."""
+
+    class Minimal(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = SASRec(num_items=30, hidden_size=16, max_len=12, dropout=0.0)
+            self.hidden_size = 16
+
+        def encode_prefix(self, input_ids):
+            return self.inner.encode_prefix(input_ids)
+
+        def extend(self, prefix, appended, positions=None):
+            return self.inner.extend(prefix, appended, positions)
+
+    torch.manual_seed(0)
+    minimal = Minimal().eval()
+    thinking = _opened(ThinkingTokenEncoder(minimal)).eval()
+    assert thinking.encoder is minimal
+    ids = _histories(torch.Generator().manual_seed(12))
+    reference = _opened(ThinkingTokenEncoder(minimal.inner)).eval()
+    reference.load_state_dict(thinking.state_dict(), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(thinking(ids), reference(ids))
