@@ -24,6 +24,7 @@ before GRPO starts and for those entirely after (an epoch in which GRPO starts i
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -71,6 +72,8 @@ class CpuEpochClock(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # Runs after this epoch's validation, once the module has logged it.
         self.valid_ndcg.append(float(trainer.callback_metrics["val/ndcg@10"]))
+        print(f"  epoch {len(self.valid_ndcg):3d}: {self.seconds[-1]:6.2f} CPU s, GRPO {self.grpo[-1]}, "
+              f"valid NDCG@10 {self.valid_ndcg[-1]:.4f}", flush=True)  # fmt: skip
 
     def mean_seconds(self, grpo: bool) -> float | None:
         chosen = [s for s, g in zip(self.seconds, self.grpo, strict=True) if g is grpo]
@@ -133,6 +136,7 @@ def main() -> None:
 
         def test() -> dict[str, float]:
             result = trainer.test(model, data, ckpt_path=checkpoint.best_model_path, verbose=False)[0]
+            shutil.rmtree(workdir)
             return {"ndcg@10": result["test/ndcg@10"], "recall@10": result["test/recall@10"]}
 
         extra = {
