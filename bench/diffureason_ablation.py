@@ -24,6 +24,7 @@ before GRPO starts and for those entirely after (an epoch in which GRPO starts i
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import tempfile
@@ -98,21 +99,70 @@ def budget_of(cli: LightningRecCLI) -> tuple[int, int]:
     return cli.trainer.fit_loop.max_epochs, stops[0].patience
 
 
+def run_row(data: str, row: str, seed: int, max_epochs: int | None, patience: int | None) -> Trial:
+    """Train one row on one seed (budget from the YAML unless overridden); test on the best checkpoint."""
+    cli = build(data, row, seed)
+    model, datamodule = cli.model, cli.datamodule
+    yaml_epochs, yaml_patience = budget_of(cli)
+    workdir = Path(tempfile.mkdtemp(prefix="diffureason-bench-"))
+    clock = CpuEpochClock()
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=workdir, monitor="val/ndcg@10", mode="max")
+    stop = L.pytorch.callbacks.EarlyStopping(
+        monitor="val/ndcg@10", mode="max", patience=patience if patience is not None else yaml_patience
+    )
+    trainer = L.Trainer(
+        max_epochs=max_epochs if max_epochs is not None else yaml_epochs, accelerator="cpu", devices=1,
+        logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        callbacks=[clock, checkpoint, stop],
+    )  # fmt: skip
+    trainer.fit(model, datamodule)
+
+    def test() -> dict[str, float]:
+        result = trainer.test(model, datamodule, ckpt_path=checkpoint.best_model_path, verbose=False)[0]
+        shutil.rmtree(workdir)
+        return {"ndcg@10": result["test/ndcg@10"], "recall@10": result["test/recall@10"]}
+
+    extra = {
+        "epochs": len(clock.seconds),
+        "best_epoch": 1 + clock.valid_ndcg.index(max(clock.valid_ndcg)),
+        "cpu_s_per_epoch_before_grpo": clock.mean_seconds(False),
+        "cpu_s_per_epoch_with_grpo": clock.mean_seconds(True),
+        "curves": {"epoch": list(range(1, len(clock.valid_ndcg) + 1)), "valid_ndcg@10": clock.valid_ndcg},
+    }
+    return Trial(
+        valid={"ndcg@10": float(checkpoint.best_model_score)},
+        test=test,
+        extra={k: v for k, v in extra.items() if v is not None},
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=list(DATA), default="ml-100k")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: CPU time = work)")
+    parser.add_argument("--max-epochs", type=int, help="override the YAML's max_epochs (a check)")
+    parser.add_argument("--single-row", choices=list(ROWS), help="one row alone, JSON out (a check)")
     args, rest = parser.parse_known_args()
     torch.set_num_threads(args.threads)
     config, backbone = DATA[args.data]
-    max_epochs, patience = budget_of(build(args.data, "full", 0))
+    yaml_epochs, patience = budget_of(build(args.data, "full", 0))
+    max_epochs = args.max_epochs or yaml_epochs
+    if args.single_row:
+        seed = int(rest[rest.index("--first-seed") + 1]) if "--first-seed" in rest else 0
+        outcome = run_row(args.data, args.single_row, seed, max_epochs, None)
+        test = outcome.test()
+        print(json.dumps({"row": args.single_row, "seed": seed, "max_epochs": max_epochs,
+                          "valid": outcome.valid, "test": test, "extra": outcome.extra}))  # fmt: skip
+        return
     bench = Bench(
         name=f"diffureason_ablation_{args.data.replace('-', '_')}",
         title=f"DiffuReason ablation on {args.data} ({backbone} backbone)",
         protocol=f"configs/diffureason/{config} (+ ablation/<row>.yaml): leave-one-out, full ranking with "
         "the history masked; test NDCG@10 / Recall@10 of the checkpoint best on validation NDCG@10",
-        budget=f"every row: at most {max_epochs} epochs, early stopping on validation NDCG@10 with patience "
-        f"{patience} (both from the YAML); CPU s/epoch with {args.threads} torch thread(s)",
+        budget=f"every row: at most {max_epochs} epochs"
+        + ("" if args.max_epochs is None else f" (YAML: {yaml_epochs})")
+        + f", early stopping on validation NDCG@10 with patience {patience} (YAML); CPU s/epoch with "
+        f"{args.threads} torch thread(s)",
         selection="validation NDCG@10 (best epoch's checkpoint)",
         primary="ndcg@10",
         baseline="backbone",
@@ -121,36 +171,7 @@ def main() -> None:
     bench.info |= {"data": args.data, "backbone": backbone, "threads": args.threads}
 
     def trial(row: str, params: dict, seed: int) -> Trial:
-        cli = build(args.data, row, seed)
-        model, data = cli.model, cli.datamodule
-        epochs, stop_patience = (1, 1) if bench.quick else budget_of(cli)
-        workdir = Path(tempfile.mkdtemp(prefix="diffureason-bench-"))
-        clock = CpuEpochClock()
-        checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=workdir, monitor="val/ndcg@10", mode="max")
-        stop = L.pytorch.callbacks.EarlyStopping(monitor="val/ndcg@10", mode="max", patience=stop_patience)
-        trainer = L.Trainer(
-            max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-            enable_model_summary=False, num_sanity_val_steps=0, callbacks=[clock, checkpoint, stop],
-        )  # fmt: skip
-        trainer.fit(model, data)
-
-        def test() -> dict[str, float]:
-            result = trainer.test(model, data, ckpt_path=checkpoint.best_model_path, verbose=False)[0]
-            shutil.rmtree(workdir)
-            return {"ndcg@10": result["test/ndcg@10"], "recall@10": result["test/recall@10"]}
-
-        extra = {
-            "epochs": len(clock.seconds),
-            "best_epoch": 1 + clock.valid_ndcg.index(max(clock.valid_ndcg)),
-            "cpu_s_per_epoch_before_grpo": clock.mean_seconds(False),
-            "cpu_s_per_epoch_with_grpo": clock.mean_seconds(True),
-            "curves": {"epoch": list(range(1, len(clock.valid_ndcg) + 1)), "valid_ndcg@10": clock.valid_ndcg},
-        }
-        return Trial(
-            valid={"ndcg@10": float(checkpoint.best_model_score)},
-            test=test,
-            extra={k: v for k, v in extra.items() if v is not None},
-        )
+        return run_row(args.data, row, seed, 1 if bench.quick else max_epochs, 1 if bench.quick else None)
 
     bench.run(rows={row: {} for row in ROWS}, trial=trial)
 
