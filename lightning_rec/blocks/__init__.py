@@ -31,7 +31,7 @@ from lightning_rec.blocks.smoa import (
     smoa_state_dict,
 )
 from lightning_rec.blocks.temporal_ensemble import ClassifierHead, TemporalEnsembleHeads
-from lightning_rec.blocks.thinking import ThinkingTokenEncoder
+from lightning_rec.blocks.thinking import ThinkingBackbone, ThinkingTokenEncoder, as_sequence_encoder
 
 __all__ = [
     "HSTU",
@@ -53,8 +53,10 @@ __all__ = [
     "SMoALinear",
     "SequenceEncoder",
     "TemporalEnsembleHeads",
+    "ThinkingBackbone",
     "ThinkingTokenEncoder",
     "UserContext",
+    "as_sequence_encoder",
     "block_partition",
     "inject_smoa",
     "load_smoa",

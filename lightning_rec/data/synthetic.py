@@ -10,9 +10,11 @@ half loyal (they favour the categories they have), so the best weighting of a ju
 differs between users.
 
 The catalogue is written in the Amazon Reviews 2018 format (``Synthetic.json.gz`` and
-``meta_Synthetic.json.gz``) and read back through :class:`~lightning_rec.data.AmazonReviews`, so the
-demo runs the same path as real data. :meth:`SyntheticCatalogue.click_probability` is the ground
-truth preference function, for simulators of RL methods.
+``meta_Synthetic.json.gz``), or the 2023 one (``Synthetic.jsonl.gz`` and ``meta_Synthetic.jsonl.gz``,
+the layout of DiffuReason's Video & Games benchmark), and read back through
+:class:`~lightning_rec.data.AmazonReviews`, so the demo runs the same path as real data.
+:meth:`SyntheticCatalogue.click_probability` is the ground truth preference function, for
+simulators of RL methods.
 
 Large catalogues (10^6 items, 2 x 10^5 users) are generated in minutes with bounded memory: users are
 written as they are sampled (never all held at once), and ``choice_candidates`` replaces the exact
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -395,6 +398,42 @@ class SyntheticCatalogue:
         _write_json_lines_gz(meta, self._meta_records())
         return reviews, meta
 
+    def write_amazon2023(self, directory: str | Path) -> tuple[Path, Path]:
+        """Write ``Synthetic.jsonl.gz`` and ``meta_Synthetic.jsonl.gz`` (Amazon Reviews 2023 layout:
+        ``user_id``, ``parent_asin``, ``rating``, millisecond ``timestamp``; meta with ``store``,
+        ``categories``, a numeric ``price``, ``description`` and ``features`` lists), atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        reviews, meta = directory / "Synthetic.jsonl.gz", directory / "meta_Synthetic.jsonl.gz"
+        _write_json_lines_gz(reviews, self._review_records_2023())
+        _write_json_lines_gz(meta, self._meta_records_2023())
+        return reviews, meta
+
+    def _review_records_2023(self) -> Iterator[dict]:
+        for review in self._review_records():
+            yield {
+                "rating": review["overall"],
+                "asin": review["asin"],
+                "parent_asin": review["asin"],
+                "user_id": review["reviewerID"],
+                "timestamp": review["unixReviewTime"] * 1000,
+                "verified_purchase": True,
+            }
+
+    def _meta_records_2023(self) -> Iterator[dict]:
+        for item in range(self.num_items):
+            meta = self.item_meta(item)
+            yield {
+                "main_category": meta.categories[0],
+                "title": meta.title,
+                "categories": list(meta.categories),
+                "price": meta.price,
+                "store": meta.brand,
+                "description": [meta.description],
+                "features": [],
+                "parent_asin": meta.item_id,
+            }
+
     def _review_records(self) -> Iterator[dict]:
         for u, record in enumerate(self._iter_users()):
             for item, timestamp, rating in zip(record.items, record.timestamps, record.ratings, strict=True):
@@ -458,12 +497,14 @@ class SyntheticReviews:
     """The synthetic catalogue as an :class:`~lightning_rec.data.InteractionSource`.
 
     Generates the catalogue once into ``<cache_dir>/synthetic/<hash of the arguments>/`` in the Amazon
-    2018 format, then reads it with the real :class:`~lightning_rec.data.AmazonReviews` reader.
+    2018 (default) or 2023 format, then reads it with the real :class:`~lightning_rec.data.AmazonReviews`
+    reader.
 
     Args:
         num_users, num_items, num_categories, mean_length, aspect_strength, seed, choice_candidates: see
             :class:`SyntheticCatalogue`.
         cache_dir: where the files are written (default :func:`~lightning_rec.data.default_cache_dir`).
+        format: ``"amazon2018"`` or ``"amazon2023"`` files; the same users, items and order either way.
     """
 
     def __init__(
@@ -476,7 +517,11 @@ class SyntheticReviews:
         seed: int = 0,
         cache_dir: str | None = None,
         choice_candidates: int | None = None,
+        format: Literal["amazon2018", "amazon2023"] = "amazon2018",
     ) -> None:
+        if format not in ("amazon2018", "amazon2023"):
+            raise ValueError(f"format must be 'amazon2018' or 'amazon2023', got {format!r}")
+        self.format = format
         self.catalogue = SyntheticCatalogue(
             num_users=num_users,
             num_items=num_items,
@@ -496,12 +541,18 @@ class SyntheticReviews:
     @property
     def reader(self) -> AmazonReviews:
         if self._reader is None:
-            key = fingerprint_files([], {"synthetic": self.catalogue.config(), "format": 1})
-            directory = self.cache_dir / "synthetic" / key
-            reviews, meta = directory / "Synthetic.json.gz", directory / "meta_Synthetic.json.gz"
+            options = {"synthetic": self.catalogue.config(), "format": 1}
+            if self.format == "amazon2023":  # the 2018 key stays as it was: existing caches still hit
+                options["layout"] = "2023"
+            directory = self.cache_dir / "synthetic" / fingerprint_files([], options)
+            write, version, suffix = {
+                "amazon2018": (self.catalogue.write_amazon2018, "2018", "json.gz"),
+                "amazon2023": (self.catalogue.write_amazon2023, "2023", "jsonl.gz"),
+            }[self.format]
+            reviews, meta = directory / f"Synthetic.{suffix}", directory / f"meta_Synthetic.{suffix}"
             if not (reviews.is_file() and meta.is_file()):
-                self.catalogue.write_amazon2018(directory)
-            self._reader = AmazonReviews(reviews=reviews, meta=meta, version="2018")
+                write(directory)
+            self._reader = AmazonReviews(reviews=reviews, meta=meta, version=version)
         return self._reader
 
     def interactions(self) -> Iterator[Interaction]:

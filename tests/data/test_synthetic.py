@@ -4,6 +4,7 @@ import numpy as np
 
 from lightning_rec.data.amazon import AmazonReviews
 from lightning_rec.data.synthetic import SyntheticCatalogue, SyntheticReviews
+from lightning_rec.data.text_files import fingerprint_files
 
 
 def _digest(path):
@@ -117,3 +118,19 @@ def test_candidate_choices_keep_the_generative_rules():
     assert 0.2 < rate < 0.45
     assert catalogue.config()["choice_candidates"] == 32
     assert "choice_candidates" not in SyntheticCatalogue(num_users=1, num_items=5, num_categories=2).config()
+
+
+def test_amazon2023_format_holds_the_same_data_and_leaves_the_2018_files_as_they_were(tmp_path):
+    arguments = dict(num_users=30, num_items=40, num_categories=4, cache_dir=str(tmp_path))
+    old = SyntheticReviews(**arguments)
+    new = SyntheticReviews(**arguments, format="amazon2023")
+    assert new.reader.version == "2023" and new.reader.reviews.name == "Synthetic.jsonl.gz"
+    assert list(new.interactions()) == list(old.interactions())
+    assert list(new.items()) == list(old.items())
+    # The default's cache key and bytes are what they were before the option existed.
+    catalogue = SyntheticCatalogue(num_users=30, num_items=40, num_categories=4)
+    reference = catalogue.write_amazon2018(tmp_path / "reference")
+    assert [_digest(p) for p in (old.reader.reviews, old.reader.meta)] == [_digest(p) for p in reference]
+    assert old.reader.reviews.parent.name == fingerprint_files(
+        [], {"synthetic": catalogue.config(), "format": 1}
+    )
