@@ -388,9 +388,8 @@ class FlyPrompt(HubMixin, L.LightningModule):
         result = self.accuracy.compute()
         self.train(was_training)
         self.evaluations.record(
-            point.position, float(result["accuracy"]), result["per_class"], result["count"], point.periodic,
-            point.split_end,
-        )  # fmt: skip
+            point.position, float(result["accuracy"]), result["per_class"], point.periodic, point.split_end
+        )
         self.log("stream/accuracy", result["accuracy"], prog_bar=True)
         if not self._eval_points:  # the stream's last evaluation
             self.stream_results = {
