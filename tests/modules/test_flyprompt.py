@@ -140,7 +140,7 @@ from lightning_rec.modules import FlyPrompt
 torch.set_num_threads(1)
 L.seed_everything(0)
 model = FlyPrompt(num_classes=10, backbone=tiny_vit_config(), num_experts=3, prompt_length=2,
-                  prompt_layers=(0,), expand_dim=64, ridge=10.0)
+                  prompt_layers=(0,), expand_dim=64, ridge=10.0, add_cls_position=False)
 data = ContinualStreamDataModule(batch_size=16, eval_period=400)
 trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=1, logger=False,
                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
