@@ -271,3 +271,38 @@ def test_the_router_seed_comes_from_the_run_seed_unless_given():
 
     assert torch.equal(projection(1), projection(1)) and not torch.equal(projection(1), projection(2))
     assert torch.equal(projection(1, router_seed=7), projection(2, router_seed=7))
+
+
+def test_images_get_the_pretrained_backbone_s_own_normalisation(tmp_path):
+    import json
+
+    from transformers import AutoConfig, AutoModel
+
+    AutoModel.from_config(AutoConfig.for_model(**tiny_vit_config(num_channels=3))).save_pretrained(tmp_path)
+    processor = {"do_normalize": True, "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.5]}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(processor))
+    model = FlyPrompt(num_classes=3, backbone=str(tmp_path), num_experts=1, prompt_length=1,
+                      prompt_layers=(0,), expand_dim=8)  # fmt: skip
+    images = torch.rand(2, 3, 8, 8)
+    mean, std = torch.tensor(processor["image_mean"]), torch.tensor(processor["image_std"])
+    expected = (images - mean[:, None, None]) / std[:, None, None]
+    torch.testing.assert_close(model.encode_inputs(images)["pixel_values"], expected)
+    # A config-dict backbone has no processor: pixels pass as they are.
+    plain = FlyPrompt(num_classes=3, backbone=tiny_vit_config(num_channels=3), num_experts=1, prompt_length=1,
+                      prompt_layers=(0,), expand_dim=8)  # fmt: skip
+    assert torch.equal(plain.encode_inputs(images)["pixel_values"], images)
+
+
+def test_the_official_augmentation_needs_torchvision():
+    arguments = {"num_classes": 3, "backbone": tiny_vit_config(), "num_experts": 1, "prompt_length": 1,
+                 "prompt_layers": (0,), "expand_dim": 8, "augment": True}  # fmt: skip
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="torchvision"):
+            FlyPrompt(**arguments)
+        return
+    model = FlyPrompt(**arguments)
+    images = torch.rand(4, 1, 8, 8)
+    augmented = model._augment(images)
+    assert augmented.shape == images.shape and 0.0 <= float(augmented.min()) <= float(augmented.max()) <= 1.0
