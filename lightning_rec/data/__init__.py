@@ -31,6 +31,7 @@ from lightning_rec.data.records import (
 )
 from lightning_rec.data.score_cache import ScoreCache
 from lightning_rec.data.streams import (
+    SiBlurrySampler,
     Stream,
     StreamKind,
     build_stream,
@@ -60,6 +61,7 @@ __all__ = [
     "RecBoleAtomic",
     "RecBoleExample",
     "ScoreCache",
+    "SiBlurrySampler",
     "Stream",
     "StreamKind",
     "SyntheticCatalogue",
