@@ -75,7 +75,7 @@ def main() -> None:
     config = ROOT / "configs" / "catalogue_lm" / ("tiny.yaml" if args.quick else "synthetic.yaml")
 
     start = time.perf_counter()
-    cli = run_cli(["fit", "--config", str(config), "--trainer.logger", "false"])
+    cli = run_cli(["fit", "--config", str(config)])
     fit_seconds = time.perf_counter() - start
     model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
     valid = trainer.validate(model, datamodule=datamodule, verbose=False)[0]

@@ -16,7 +16,12 @@ kinds of documents:
 
 Users are split into train, validation and test users (a seeded permutation); item documents are all
 in train (facts about items are not held out, the behaviour of unseen users is). Held-out perplexity
-is measured on the validation and test users' history documents.
+is measured on the validation and test users' history documents. A training user's histories stop
+before their last :data:`HELD_OUT_INTERACTIONS` interactions: those are the leave-one-out validation
+and test items of the sequential protocol (:class:`~lightning_rec.datamodules.SequentialRecDataModule`
+on the same catalogue), so a method that ranks them with this LM has not read them in pretraining.
+(When k-core filtering drops one of a user's last items, the protocol holds out earlier ones; the
+default catalogue loses almost none.)
 
 Axes: u users, i items, c categories.
 """
@@ -35,6 +40,7 @@ from lightning_rec.data.synthetic import _COLOURS, SyntheticCatalogue
 
 __all__ = [
     "EOS_TOKEN",
+    "HELD_OUT_INTERACTIONS",
     "PAD_TOKEN",
     "CatalogueCorpus",
     "CausalLMBatch",
@@ -44,17 +50,23 @@ __all__ = [
     "train_bpe_tokenizer",
 ]
 
+#: a training user's last interactions, left out of the corpus (the leave-one-out valid and test items).
+HELD_OUT_INTERACTIONS = 2
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
 
 @dataclass(frozen=True)
 class CatalogueCorpus:
-    """Documents of the three splits (lists of strings, no end-of-text marker)."""
+    """Documents of the three splits (lists of strings, no end-of-text marker) and their users
+    (0-based catalogue user indices, sorted)."""
 
     train: list[str]
     valid: list[str]
     test: list[str]
+    train_users: list[int]
+    valid_users: list[int]
+    test_users: list[int]
 
 
 def render_catalogue_corpus(
@@ -82,12 +94,16 @@ def render_catalogue_corpus(
         raise ValueError(
             f"{catalogue.num_users} users leave no training user after two held-out shares of {heldout}"
         )
-    valid_users, test_users, train_users = users[:heldout], users[heldout : 2 * heldout], users[2 * heldout :]
+    valid_users, test_users = sorted(users[:heldout].tolist()), sorted(users[heldout : 2 * heldout].tolist())
+    train_users = sorted(users[2 * heldout :].tolist())
     items = [_item_document(catalogue, item) for item in range(catalogue.num_items)]
     return CatalogueCorpus(
-        train=items + _history_documents(catalogue, sorted(train_users.tolist()), max_history),
-        valid=_history_documents(catalogue, sorted(valid_users.tolist()), max_history),
-        test=_history_documents(catalogue, sorted(test_users.tolist()), max_history),
+        train=items + _history_documents(catalogue, train_users, max_history, HELD_OUT_INTERACTIONS),
+        valid=_history_documents(catalogue, valid_users, max_history, 0),
+        test=_history_documents(catalogue, test_users, max_history, 0),
+        train_users=train_users,
+        valid_users=valid_users,
+        test_users=test_users,
     )
 
 
@@ -96,12 +112,15 @@ def _item_document(catalogue: SyntheticCatalogue, item: int) -> str:
     return f"Item: {meta.title}. Category: {meta.categories[-1]}. Brand: {meta.brand}. {meta.description}"
 
 
-def _history_documents(catalogue: SyntheticCatalogue, users: Iterable[int], max_history: int) -> list[str]:
+def _history_documents(
+    catalogue: SyntheticCatalogue, users: Iterable[int], max_history: int, drop_last: int
+) -> list[str]:
     documents = []
     for user in users:
         record = catalogue.users[user]
-        for start in range(0, len(record.items) - 1, max_history + 1):
-            window = record.items[start : start + max_history + 1]
+        length = len(record.items) - drop_last
+        for start in range(0, length - 1, max_history + 1):
+            window = record.items[start : min(start + max_history + 1, length)]
             if len(window) < 2:
                 continue
             history, target = window[:-1].tolist(), int(window[-1])

@@ -32,7 +32,7 @@ from lightning_rec.data.text_files import default_cache_dir, fingerprint_files
 __all__ = ["CatalogueCorpusDataModule"]
 
 log = logging.getLogger(__name__)
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 _SPLITS = ("train", "valid", "test")
 
 
