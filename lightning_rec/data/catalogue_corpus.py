@@ -45,6 +45,8 @@ __all__ = [
     "CatalogueCorpus",
     "CausalLMBatch",
     "collate_blocks",
+    "history_prompt",
+    "next_title",
     "pack_token_blocks",
     "render_catalogue_corpus",
     "train_bpe_tokenizer",
@@ -136,12 +138,22 @@ def _history_document(
     in_category = [item for item in history if catalogue.item_category[item] == category] or history
     # Counter.most_common keeps first-seen order among ties, so the rule is deterministic.
     colour = Counter(int(catalogue.item_colour[item]) for item in in_category).most_common(1)[0][0]
-    titles = "; ".join(catalogue.item_title(item) for item in history)
     title = catalogue.item_title(target)
     return (
-        f"History: {titles}.\nNext: {title}.\n"
+        f"{history_prompt([catalogue.item_title(item) for item in history])}{next_title(title)}\n"
         f"Why: recently into {catalogue.category_name(category)}, likes {_COLOURS[colour]}; {title} fits."
     )
+
+
+def history_prompt(titles: Sequence[str]) -> str:
+    """``"History: <t1>; ...; <tn>.\nNext:"``: a history (oldest first) as the corpus writes it, up to
+    the point where the next title follows; score candidates as continuations :func:`next_title`."""
+    return f"History: {'; '.join(titles)}.\nNext:"
+
+
+def next_title(title: str) -> str:
+    """``" <title>."``: the continuation of :func:`history_prompt` that names the next item."""
+    return f" {title}."
 
 
 def train_bpe_tokenizer(documents: Sequence[str], vocab_size: int = 1024, min_frequency: int = 2):
