@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -103,3 +104,28 @@ def test_a_vocabulary_too_small_for_the_tokenizer_is_refused(datamodule):
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match="vocab_size is 16"):
         trainer.fit(model, datamodule=datamodule)
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "catalogue_lm"
+
+
+def test_the_tiny_config_fits_from_the_cli_and_exports(tmp_path, monkeypatch):
+    from lightning_rec.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["lightning-rec"])
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", str(tmp_path / "cache"))
+    small = [
+        "--data.init_args.num_users",
+        "60",
+        "--data.init_args.num_items",
+        "40",
+        "--trainer.max_steps",
+        "2",
+    ]
+    fit = run_cli(
+        ["fit", "--config", str(CONFIGS / "tiny.yaml"), *small, "--trainer.val_check_interval", "2"]
+    )
+    assert isinstance(fit.model, CausalLM) and isinstance(fit.datamodule, CatalogueCorpusDataModule)
+    assert fit.trainer.global_step == 2
+    assert (tmp_path / "outputs" / "catalogue-lm-tiny" / "model" / "model.safetensors").is_file()
