@@ -8,14 +8,16 @@ Rows: Random (seeded uniform scores), MostPopular (training next-item counts) an
 candidates). These are the floor and the ID-based bar that the language-model rankers (Reasoning to
 Rank, STAR, ChainRec, AMA) are compared with.
 
-When the catalogue LM has been trained (``bench/catalogue_lm.py`` writes ``outputs/catalogue-lm/model``),
-a second table scores the first ``LM_QUERIES`` test queries zero-shot with it: each candidate's
-summed log-probability as the continuation ``" <title>."`` of ``"History: <t1>; ...; <tn>.\\nNext:"``
-(the corpus format), next to the three baselines on the same queries.
+``--lm`` runs a second bench (``candidate_lm_zero_shot``) once the catalogue LM is trained
+(``bench/catalogue_lm.py`` writes ``outputs/catalogue-lm/model``): it scores the first ``LM_QUERIES``
+validation and test queries zero-shot, each candidate by the summed log-probability of the
+continuation ``" <title>."`` after ``"History: <t1>; ...; <tn>.\\nNext:"`` (the corpus format), next
+to Random and MostPopular on the same queries.
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -112,33 +114,10 @@ def lm_scorer(llm):
     return score
 
 
-def add_lm_table(
-    bench: Bench, candidates: CandidateRankingDataModule, counts: torch.Tensor, sasrec: SASRec, seed: int
-) -> None:
-    """The catalogue LM, zero-shot, next to the baselines on the first ``LM_QUERIES`` test queries."""
-    from lightning_rec.agents import HFCausalLM
-
-    llm = HFCausalLM(str(LM_FOLDER), batch_size=40)
-    rows = {
-        "Random": random_scorer(10_000 + seed),
-        "MostPopular": popularity_scorer(counts),
-        "SASRec reranker": sasrec_scorer(sasrec),
-        "Catalogue LM (zero-shot likelihood)": lm_scorer(llm),
-    }
-    table = []
-    for name, scorer in rows.items():
-        metrics = evaluate(candidates, "test", scorer, limit=LM_QUERIES)
-        table.append([name, *(round(metrics[k], 4) for k in ("hr@1", "hr@3", "hr@5", "hr_mean", "ndcg@10"))])
-    bench.add_table(
-        f"The first {LM_QUERIES} test queries, seed {seed}: the catalogue LM (outputs/catalogue-lm/model, "
-        f"{HISTORY_TITLES} most recent titles as text) ranks candidates by likelihood, untuned",
-        ["row", "hr@1", "hr@3", "hr@5", "hr_mean", "ndcg@10"],
-        table,
-    )
-    bench.info["lm_usage"] = vars(llm.usage)
-
-
 def main() -> None:
+    if "--lm" in sys.argv:
+        sys.argv.remove("--lm")
+        return lm_zero_shot()
     bench = Bench(
         name="candidate_baselines",
         title="Candidate ranking (1 positive + 19 negatives): Random, MostPopular, SASRec reranker",
@@ -177,8 +156,6 @@ def main() -> None:
             )
         with tempfile.TemporaryDirectory(prefix="candidates-sasrec-") as workdir:
             model = train_sasrec(source, seed, epochs, Path(workdir))
-        if seed == bench.seeds[0] and LM_FOLDER.is_dir() and not quick:
-            add_lm_table(bench, candidates, counts, model, seed)
         scorer = sasrec_scorer(model)
         return Trial(
             valid=evaluate(candidates, "valid", scorer), test=lambda: evaluate(candidates, "test", scorer)
@@ -189,6 +166,56 @@ def main() -> None:
             "Random": {"ranker": "random"},
             "MostPopular": {"ranker": "most_popular"},
             "SASRec reranker": {"ranker": "sasrec"},
+        },
+        trial=trial,
+    )
+
+
+def lm_zero_shot() -> None:
+    """The catalogue LM, zero-shot, next to Random and MostPopular on the first ``LM_QUERIES`` queries."""
+    from lightning_rec.agents import HFCausalLM
+
+    if not LM_FOLDER.is_dir():
+        raise FileNotFoundError(f"{LM_FOLDER}: train the catalogue LM first (python bench/catalogue_lm.py)")
+    bench = Bench(
+        name="candidate_lm_zero_shot",
+        title="Candidate ranking: the catalogue LM zero-shot (likelihood of each title) "
+        "vs Random, MostPopular",
+        protocol="As candidate_baselines (synthetic catalogue, 1 positive + 19 uniform negatives), on the "
+        f"first {LM_QUERIES} validation and test queries only (LM scoring costs 20 forward passes per "
+        "query). The LM (outputs/catalogue-lm/model, configs/catalogue_lm/synthetic.yaml) scores each "
+        "candidate by the summed log-probability of ' <title>.' after "
+        f"'History: <{HISTORY_TITLES} most recent titles>.\\nNext:'",
+        budget="no training here: the LM as pretrained by bench/catalogue_lm.py, untuned; no prompt search",
+        selection="none (nothing is tuned)",
+        primary="hr_mean",
+        baseline="Random",
+        seeds=2,
+    )
+    candidates = CandidateRankingDataModule(
+        source=_source(False), max_len=50, history_titles=HISTORY_TITLES, eval_batch_size=20
+    )
+    counts = candidates.item_popularity()
+    llm = HFCausalLM(str(LM_FOLDER), batch_size=40)
+
+    def trial(row: str, params: dict[str, Any], seed: int) -> Trial:
+        if params["ranker"] == "random":
+            valid_scorer, test_scorer = random_scorer(seed), random_scorer(10_000 + seed)
+        else:
+            valid_scorer = test_scorer = (
+                lm_scorer(llm) if params["ranker"] == "lm" else popularity_scorer(counts)
+            )
+        return Trial(
+            valid=evaluate(candidates, "valid", valid_scorer, limit=LM_QUERIES),
+            test=lambda: evaluate(candidates, "test", test_scorer, limit=LM_QUERIES),
+            extra={"lm_seconds_so_far": llm.usage.seconds},
+        )
+
+    bench.run(
+        rows={
+            "Random": {"ranker": "random"},
+            "MostPopular": {"ranker": "most_popular"},
+            "Catalogue LM (zero-shot)": {"ranker": "lm"},
         },
         trial=trial,
     )
