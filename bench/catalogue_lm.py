@@ -1,37 +1,38 @@
-"""Pretrain the catalogue LM once and compare its held-out perplexity with n-gram baselines.
+"""Pretrain the catalogue LM and compare its held-out perplexity with n-gram baselines.
 
-    python bench/catalogue_lm.py            # configs/catalogue_lm/synthetic.yaml (about 15 min, 1 thread)
-    python bench/catalogue_lm.py --quick    # configs/catalogue_lm/tiny.yaml (seconds)
+    python bench/catalogue_lm.py            # configs/catalogue_lm/synthetic.yaml, 1 seed (about 15 min)
+    python bench/catalogue_lm.py --quick    # configs/catalogue_lm/tiny.yaml (seconds; a smoke run)
 
-Writes bench/results/catalogue_lm.json: the LM's validation and test perplexity, wall-clock time,
-parameter count, and the perplexity of two baselines on the very same next-token predictions
-(every real token of a packed block but its first, as the LM is scored):
+Rows, all scored on the very same next-token predictions (every real token of a packed block but
+its first, as the LM is scored), on held-out users:
 
-- unigram: token frequencies of the training blocks, add-one smoothed;
-- bigram: ``λ P(w | previous) + (1 - λ) P_unigram(w)`` (Jelinek-Mercer), ``λ`` chosen on validation.
+- Unigram: token frequencies of the training blocks, add-one smoothed;
+- Bigram: ``λ P(w | previous) + (1 - λ) P_unigram(w)`` (Jelinek-Mercer), ``λ`` chosen on validation;
+- Catalogue LM: ``lightning-rec fit --config configs/catalogue_lm/synthetic.yaml`` (the CLI, as a user
+  runs it), then its test perplexity; the exported folder is reloaded with plain ``transformers``
+  and its logits compared with the trained module's.
 
 The target, fixed before the run: test perplexity at most 3/4 of the bigram's. Titles, categories and
 the rationale format are mostly local structure that a bigram already captures; what only a
-sequence model can add is memory over the document (a user's categories, the title to repeat in the
+sequence model adds is memory over the document (a user's categories, the title to repeat in the
 rationale, the intent behind the next item), and 25% fewer effective choices per token is a gain a
-bigram cannot fake. The saved folder is then reloaded with plain ``transformers`` and its logits
-compared with the trained module's.
+bigram cannot fake.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import platform
-import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
+from harness import Bench, Trial
 
 from lightning_rec.cli import run_cli
+from lightning_rec.datamodules import CatalogueCorpusDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.75
@@ -44,7 +45,8 @@ def _next_token_pairs(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return previous[real], following[real]
 
 
-def ngram_baselines(blocks: dict[str, np.ndarray], vocab_size: int) -> dict[str, dict[str, float]]:
+def ngram_perplexities(blocks: dict[str, np.ndarray], vocab_size: int, order: int) -> dict[str, float]:
+    """Validation and test perplexity of the unigram (``order=1``) or interpolated bigram (``order=2``)."""
     train_previous, train_next = _next_token_pairs(blocks["train"])
     unigram = (np.bincount(train_next, minlength=vocab_size) + 1.0) / (len(train_next) + vocab_size)
     counts = np.zeros((vocab_size, vocab_size))
@@ -56,70 +58,91 @@ def ngram_baselines(blocks: dict[str, np.ndarray], vocab_size: int) -> dict[str,
         probability = weight * conditional[previous, following] + (1.0 - weight) * unigram[following]
         return math.exp(-np.log(probability).mean())
 
-    best = min((*np.linspace(0.05, 0.95, 19), 0.98, 0.99), key=lambda weight: perplexity("valid", weight))
-    return {
-        "unigram": {"valid": perplexity("valid", 0.0), "test": perplexity("test", 0.0)},
-        "bigram": {
-            "valid": perplexity("valid", best),
-            "test": perplexity("test", best),
-            "lambda": float(best),
-        },
-    }
+    weights = [0.0] if order == 1 else [*np.linspace(0.05, 0.95, 19), 0.98, 0.99]
+    best = min(weights, key=lambda weight: perplexity("valid", weight))
+    return {"valid": perplexity("valid", best), "test": perplexity("test", best), "lambda": float(best)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the tiny config (a smoke run, not a result)")
-    args = parser.parse_args()
+    bench = Bench(
+        name="catalogue_lm",
+        title="Catalogue LM: held-out perplexity of the pretrained Qwen2 vs n-gram baselines",
+        protocol="Text corpus rendered from the synthetic catalogue (2,000 users, 1,000 items): item "
+        "documents, histories with the next title, ground-truth rationales; byte-level BPE on the "
+        "training documents; validation / test = the documents of 10% / 10% unseen users; token-level "
+        "perplexity exp(sum NLL / tokens) over every next-token prediction inside 128-token packed blocks",
+        budget="configs/catalogue_lm/synthetic.yaml as shipped: 300 AdamW steps of 32 x 128 tokens, "
+        "warm-up 30, cosine to 0.1x, one CPU thread; n-grams are counted on the training blocks",
+        selection="the last step (no early stopping); the bigram's interpolation weight on validation",
+        primary="perplexity",
+        higher_is_better=False,
+        baseline=None,
+        seeds=1,
+    )
     torch.set_num_threads(1)
-    config = ROOT / "configs" / "catalogue_lm" / ("tiny.yaml" if args.quick else "synthetic.yaml")
+    config = ROOT / "configs" / "catalogue_lm" / ("tiny.yaml" if bench.quick else "synthetic.yaml")
+    data_args = yaml.safe_load(config.read_text())["data"]["init_args"]
+    data = CatalogueCorpusDataModule(**data_args)
+    bench.info.update(
+        config=str(config.relative_to(ROOT)), tokens=data.token_counts(), vocabulary=len(data.tokenizer)
+    )
+    bigram_test: list[float] = []
 
-    start = time.perf_counter()
-    cli = run_cli(["fit", "--config", str(config)])
-    fit_seconds = time.perf_counter() - start
-    model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
-    valid = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
-    test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-    export = Path(model.export_dir)
-    model.save_pretrained(export)  # again, so the card carries the test perplexity
+    def trial(row: str, params: dict[str, Any], seed: int) -> Trial:
+        if params["model"] in ("unigram", "bigram"):
+            result = ngram_perplexities(
+                data.blocks, len(data.tokenizer), 1 if params["model"] == "unigram" else 2
+            )
+            if params["model"] == "bigram":
+                bigram_test.append(result["test"])
+            return Trial(
+                valid={"perplexity": result["valid"]},
+                test=lambda: {"perplexity": result["test"]},
+                extra={"lambda": result["lambda"]},
+            )
+        start = time.perf_counter()
+        cli = run_cli(["fit", "--config", str(config), "--seed_everything", str(seed)])
+        fit_seconds = time.perf_counter() - start
+        model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
+        valid = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/perplexity"]
 
-    from transformers import AutoModelForCausalLM
+        def test() -> dict[str, float]:
+            perplexity = trainer.test(model, datamodule=datamodule, verbose=False)[0]["test/perplexity"]
+            model.save_pretrained(model.export_dir)  # again, so the card carries the test perplexity
+            target = TARGET_RATIO * bigram_test[-1]
+            bench.add_table(
+                "Target, fixed before the run: catalogue LM test perplexity <= 3/4 of the bigram's",
+                ["bigram test perplexity", "target", "catalogue LM test perplexity", "met"],
+                [[round(bigram_test[-1], 4), round(target, 4), round(perplexity, 4), perplexity <= target]],
+            )
+            print(f"target {target:.4f}: {'met' if perplexity <= target else 'MISSED'} (LM {perplexity:.4f})")
+            return {"perplexity": perplexity}
 
-    loaded = AutoModelForCausalLM.from_pretrained(export, use_safetensors=True).eval()
-    probe = torch.from_numpy(np.clip(datamodule.blocks["test"][:4], 0, None))
-    with torch.no_grad():
-        difference = (loaded(probe).logits - model.model.eval()(probe).logits).abs().max().item()
+        from transformers import AutoModelForCausalLM
 
-    baselines = ngram_baselines(datamodule.blocks, len(datamodule.tokenizer))
-    target = TARGET_RATIO * baselines["bigram"]["test"]
-    result = {
-        "name": "catalogue_lm",
-        "title": "Catalogue LM: held-out perplexity vs n-gram baselines",
-        "command": f"python bench/catalogue_lm.py{' --quick' if args.quick else ''}",
-        "config": str(config.relative_to(ROOT)),
-        "git_commit": subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), shared with other jobs",
-        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
-        "parameters": model.num_parameters,
-        "tokens": datamodule.token_counts(),
-        "vocabulary": len(datamodule.tokenizer),
-        "steps": trainer.global_step,
-        "fit_seconds": fit_seconds,
-        "perplexity": {
-            "catalogue_lm": {"valid": valid["val/perplexity"], "test": test["test/perplexity"]},
-            **baselines,
+        loaded = AutoModelForCausalLM.from_pretrained(model.export_dir, use_safetensors=True).eval()
+        probe = torch.from_numpy(np.clip(datamodule.blocks["test"][:4], 0, None))
+        with torch.no_grad():
+            difference = (loaded(probe).logits - model.model.eval()(probe).logits).abs().max().item()
+        return Trial(
+            valid={"perplexity": valid},
+            test=test,
+            extra={
+                "parameters": model.num_parameters,
+                "steps": trainer.global_step,
+                "fit_seconds": fit_seconds,
+                "reload_max_abs_logit_difference": difference,
+            },
+        )
+
+    bench.run(
+        rows={
+            "Unigram (add-one)": {"model": "unigram"},
+            "Bigram (interpolated)": {"model": "bigram"},
+            "Catalogue LM": {"model": "catalogue_lm"},
         },
-        "target": {"rule": f"test perplexity <= {TARGET_RATIO} x bigram", "value": target},
-        "target_met": test["test/perplexity"] <= target,
-        "reload_max_abs_logit_difference": difference,
-        "export_dir": str(export),
-    }
-    out = ROOT / "bench" / "results" / ("catalogue_lm_quick.json" if args.quick else "catalogue_lm.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("perplexity", "target", "target_met", "fit_seconds")}, indent=2))
+        trial=trial,
+    )
 
 
 if __name__ == "__main__":
