@@ -129,3 +129,15 @@ def test_the_tiny_config_fits_from_the_cli_and_exports(tmp_path, monkeypatch):
     assert isinstance(fit.model, CausalLM) and isinstance(fit.datamodule, CatalogueCorpusDataModule)
     assert fit.trainer.global_step == 2
     assert (tmp_path / "outputs" / "catalogue-lm-tiny" / "model" / "model.safetensors").is_file()
+
+
+def test_push_to_hub_then_load_by_repo_id(datamodule, local_hub):
+    model = CausalLM(model_config=TINY_QWEN2)
+    model.tokenizer = datamodule.tokenizer
+    model.push_to_hub("org/catalogue-lm-tiny", token="test-token")
+    pulled = HFCausalLM("org/catalogue-lm-tiny")
+    with torch.no_grad():
+        expected = HFCausalLM(model.model, tokenizer=datamodule.tokenizer).generate(
+            ["Item:"], 5, temperature=0.0
+        )
+        assert pulled.generate(["Item:"], 5, temperature=0.0).token_ids == expected.token_ids
