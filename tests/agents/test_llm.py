@@ -294,3 +294,24 @@ def test_scripted_llm_follows_its_rules():
     assert llm.generate(["please rank"], max_new_tokens=2).texts == ["1 2"]
     scores = llm.score(["please rank"] * 3, ["1 2 3", "1 3", "1 2 3 4"])
     assert scores.tolist() == [0.0, -20.0, -20.0]
+
+
+@pytest.mark.parametrize("adapter", ["smoa", "lora"])
+def test_a_saved_adapter_loads_from_adapter_path(tokenizer, tmp_path, adapter):
+    from lightning_rec.blocks import save_smoa
+
+    trained = HFCausalLM(_tiny_qwen2(len(tokenizer)), tokenizer=tokenizer, adapter=adapter, r=4, alpha=8.0)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            if parameter.requires_grad:  # move the adapter off its identity start
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    if adapter == "smoa":
+        save_smoa(trained.model, tmp_path)
+    else:
+        trained.model.save_pretrained(tmp_path)
+    loaded = HFCausalLM(_tiny_qwen2(len(tokenizer)), tokenizer=tokenizer, adapter_path=str(tmp_path))
+    plain = HFCausalLM(_tiny_qwen2(len(tokenizer)), tokenizer=tokenizer)
+    with torch.no_grad():
+        expected = trained.score(PROMPTS, [" Acme"] * 3)
+        torch.testing.assert_close(loaded.score(PROMPTS, [" Acme"] * 3), expected)
+        assert not torch.allclose(plain.score(PROMPTS, [" Acme"] * 3), expected)
