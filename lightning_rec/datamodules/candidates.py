@@ -102,7 +102,9 @@ class CandidateRankingDataModule(SequentialRecDataModule):
 
     Args:
         source, rating_threshold, k_core, tie_break, split, split_ratios, max_len, batch_size,
-            eval_batch_size, num_workers, cache_dir, seed: as :class:`SequentialRecDataModule`.
+            num_workers, cache_dir, seed: as :class:`SequentialRecDataModule`.
+        eval_batch_size: queries per validation / test batch (smaller than the parent's default: an
+            LLM ranker scores ``c`` sequences per query).
         num_candidates: list length ``c`` (1 positive + ``c - 1`` negatives); 20 in the protocol.
         negatives: ``"uniform"`` or ``"popularity"`` (proportional to training next-item counts).
         history_titles: the most recent titles of the history given as text.
