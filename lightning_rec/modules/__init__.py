@@ -1,6 +1,7 @@
 """Layer 3: one LightningModule per method, composed from blocks, objectives and metrics."""
 
 from lightning_rec.modules.adapter_finetune import AdapterFineTune
+from lightning_rec.modules.causal_lm import CausalLM
 from lightning_rec.modules.diffureason import DiffuReason
 from lightning_rec.modules.flyprompt import FlyPrompt
 from lightning_rec.modules.most_popular import MostPopular
@@ -11,6 +12,7 @@ from lightning_rec.modules.sgrec import SGRec
 
 __all__ = [
     "AdapterFineTune",
+    "CausalLM",
     "DiffuReason",
     "FlyPrompt",
     "MostPopular",
