@@ -11,6 +11,7 @@ from lightning_rec.blocks.judge import (
 )
 from lightning_rec.blocks.prompts import DeepPrompts, tiny_vit_config
 from lightning_rec.blocks.router import RandomExpandedAnalyticRouter
+from lightning_rec.blocks.semantic_id import SemanticIdQuantizer, SemanticIdReport, SemanticIdTrie
 from lightning_rec.blocks.sequence import (
     HSTU,
     SEQUENCE_ENCODERS,
@@ -49,6 +50,9 @@ __all__ = [
     "RandomExpandedAnalyticRouter",
     "SASRec",
     "SMoALinear",
+    "SemanticIdQuantizer",
+    "SemanticIdReport",
+    "SemanticIdTrie",
     "SequenceEncoder",
     "TemporalEnsembleHeads",
     "ThinkingTokenEncoder",
