@@ -1,6 +1,11 @@
 """Layer 1: reusable nn.Modules. No Lightning, no I/O, no data formats."""
 
 from lightning_rec.blocks.diffusion import DiffusionHead, DiffusionSample
+from lightning_rec.blocks.hhd import (
+    HeterogeneousHierarchicalDecoder,
+    HeterogeneousSequenceDecoder,
+    MultiTokenPredictionHeads,
+)
 from lightning_rec.blocks.judge import (
     AspectEvidence,
     EmbeddingAspectEvidence,
@@ -44,8 +49,11 @@ __all__ = [
     "DiffusionSample",
     "EmbeddingAspectEvidence",
     "GRU4Rec",
+    "HeterogeneousHierarchicalDecoder",
+    "HeterogeneousSequenceDecoder",
     "ItemText",
     "LLMAspectEvidence",
+    "MultiTokenPredictionHeads",
     "PersonalizedSemanticJudge",
     "RandomExpandedAnalyticRouter",
     "SASRec",
