@@ -632,11 +632,7 @@ class SemanticIdTrie:
             raise ValueError(
                 f"SemanticIdTrie: beam_size and batch_size must be >= 1, got {beam_size}, {batch_size}"
             )
-        if allowed_items is not None and tuple(allowed_items.shape) != (batch_size, self.num_items):
-            raise ValueError(
-                f"SemanticIdTrie: allowed_items must have shape (b, i) = ({batch_size}, {self.num_items}), "
-                f"got {tuple(allowed_items.shape)}"
-            )
+        self._check_allow_list(allowed_items, batch_size)
         prefixes = torch.zeros(batch_size, 1, 0, dtype=torch.long, device=device)  # (b k t)
         scores = torch.zeros(batch_size, 1, device=device)  # (b k) summed log-probs
         for level in range(self.num_levels):
@@ -674,6 +670,43 @@ class SemanticIdTrie:
         items = self.item_index(prefixes)
         items = torch.where(torch.isfinite(scores), items, torch.full_like(items, -1))
         return BeamSearchResult(codes=prefixes, log_probs=scores, items=items)
+
+    def sample(
+        self,
+        step_log_probs: Callable[[Tensor], Tensor],
+        batch_size: int,
+        num_samples: int,
+        allowed_items: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> tuple[Tensor, Tensor]:
+        """Constrained ancestral sampling: ``num_samples`` paths per request, level by level, each code
+        drawn from the step's distribution renormalised over the codes the trie (and the allow-list) permit.
+
+        ``step_log_probs``: prefixes `b g t` -> log-probs `b g c_t`. Returns codes `b g l` and their
+        trie rows (items) `b g`, never -1.
+        """
+        self._check_allow_list(allowed_items, batch_size)
+        if allowed_items is not None and not bool(allowed_items.any(dim=1).all()):
+            raise ValueError("SemanticIdTrie: a request's allow-list is empty; nothing can be sampled")
+        prefixes = torch.zeros(batch_size, num_samples, 0, dtype=torch.long, device=device)
+        for _ in range(self.num_levels):
+            log_probs = step_log_probs(prefixes).float()
+            allowed = self.allowed_next(
+                rearrange(prefixes, "b g t -> (b g) t"),
+                None if allowed_items is None else repeat(allowed_items, "b i -> (b g) i", g=num_samples),
+            )
+            masked = rearrange(log_probs, "b g c -> (b g) c").masked_fill(~allowed, float("-inf"))
+            codes = torch.multinomial(masked.softmax(dim=-1), 1, generator=generator)  # (bg 1)
+            prefixes = torch.cat([prefixes, rearrange(codes, "(b g) 1 -> b g 1", b=batch_size)], dim=2)
+        return prefixes, self.item_index(prefixes)
+
+    def _check_allow_list(self, allowed_items: Tensor | None, batch_size: int) -> None:
+        if allowed_items is not None and tuple(allowed_items.shape) != (batch_size, self.num_items):
+            raise ValueError(
+                f"SemanticIdTrie: allowed_items must have shape (b, i) = ({batch_size}, {self.num_items}), "
+                f"got {tuple(allowed_items.shape)}"
+            )
 
     @staticmethod
     def _extend(prefixes: Tensor, flat_index: Tensor, size: int) -> Tensor:

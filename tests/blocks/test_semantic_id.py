@@ -165,6 +165,15 @@ def test_constrained_beam_search_emits_only_valid_allowed_items(trie_case, use_a
             assert torch.equal(codes[item], result.codes[request, beam])
             if allowed is not None:
                 assert allowed[request, item]
+    sampled, rows = (
+        trie.sample(step, batch_size=batch, num_samples=3, allowed_items=allowed)
+        if (allowed is None or bool(allowed.any(dim=1).all()))
+        else (None, None)
+    )
+    if sampled is not None:
+        assert bool((rows >= 0).all()) and torch.equal(codes[rows], sampled)
+        if allowed is not None:
+            assert bool(allowed.gather(1, rows).all())
     # With a beam at least as wide as the catalogue, beam search is exhaustive: it ranks every
     # (allowed) item by its summed log-probability, as brute force does.
     full = trie.beam_search(step, batch_size=batch, beam_size=len(codes), allowed_items=allowed)
