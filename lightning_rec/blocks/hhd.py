@@ -198,11 +198,12 @@ class HeterogeneousSequenceDecoder(nn.Module):
             raise ValueError(f"HSD: sequences of {token_types.shape[1]} tokens exceed max_len={self.max_len}")
         is_item = ((token_types == ORGANIC) | (token_types == ITEM))[..., None]
         content = torch.where(is_item, self.embed_items(codes.clamp(min=0)), 0.0)
-        content = content + torch.where(
-            (token_types == USER)[..., None], self.user_embedding(feature_ids.clamp(min=0)), 0.0
-        )
-        content = content + torch.where(
-            (token_types == ENVIRONMENT)[..., None], self.environment_embedding(feature_ids.clamp(min=0)), 0.0
+        # Each table is read only at its own tokens (id 0 elsewhere), so an id of one vocabulary is
+        # never looked up in another.
+        is_user, is_environment = (token_types == USER)[..., None], (token_types == ENVIRONMENT)[..., None]
+        content = content + is_user * self.user_embedding(torch.where(is_user[..., 0], feature_ids, 0))
+        content = content + is_environment * self.environment_embedding(
+            torch.where(is_environment[..., 0], feature_ids, 0)
         )
         real = (token_types != PAD).long()
         positions = (real.sum(dim=1, keepdim=True) - real.cumsum(dim=1)).clamp(min=0)
