@@ -3,7 +3,14 @@
 Training follows SASRec's scheme: one forward pass per window of a user's training sequence, with a
 next-item loss at every position. A training sequence longer than ``max_len`` is cut, from its end,
 into consecutive windows of ``max_len + 1`` items that overlap by one item, so every
-(prefix, next item) pair of the training data is seen exactly once per epoch. Sequences are
+(prefix, next item) pair of the training data is seen exactly once per epoch.
+
+With ``stride < max_len`` the windows end every ``stride`` items instead and overlap more; each
+window then supervises only its last ``stride`` targets, so every pair is still seen exactly once
+per epoch, but a target predicted at position t of a window has at least ``max_len - stride``
+items of history (all of them near a sequence's start) instead of t. Evaluation always predicts
+from a full ``max_len`` history, so this trains the model on the context it is tested with, at
+``max_len / stride`` times the forward passes. Sequences are
 **left-padded** with item 0, so the most recent item is always at position ``n - 1``.
 
 Axes: b batch, n max_len, h longest history in the batch.
@@ -51,19 +58,27 @@ class EvalBatch:
         return self.input_ids.shape[0]
 
 
-def training_windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int) -> np.ndarray:
+def training_windows(
+    items: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int, stride: int | None = None
+) -> np.ndarray:
     """Cut each training sequence ``items[starts[u]:ends[u]]`` into left-padded windows.
 
     Returns an int64 array ``(w, max_len + 1)``. Windows are taken from the end of each sequence
-    backwards, each ``max_len + 1`` items long and overlapping the next by one item; sequences with
-    fewer than 2 items give no window.
+    backwards, each ``max_len + 1`` items long, a new one ending every ``stride`` items (default
+    ``max_len``: consecutive windows overlapping by one item); sequences with fewer than 2 items
+    give no window. Window k ends at ``end - k * stride``, so the last ``stride`` targets of each
+    window are exactly the targets no later window holds: supervising those (:class:`TrainWindows`)
+    covers every target once.
     """
+    stride = max_len if stride is None else stride
+    if not 1 <= stride <= max_len:
+        raise ValueError(f"stride must be in [1, max_len={max_len}], got {stride}")
     rows: list[np.ndarray] = []
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
         stop = end
         while stop - start >= 2:
             rows.append(items[max(start, stop - max_len - 1) : stop])
-            stop -= max_len
+            stop -= stride
     windows = np.zeros((len(rows), max_len + 1), dtype=np.int64)
     for row, window in zip(windows, rows, strict=True):
         row[max_len + 1 - len(window) :] = window
@@ -71,10 +86,15 @@ def training_windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, ma
 
 
 class TrainWindows(Dataset):
-    """Training windows ``(w, n + 1)`` as :class:`TrainBatch` rows; collate with :meth:`collate`."""
+    """Training windows ``(w, n + 1)`` as :class:`TrainBatch` rows; collate with :meth:`collate`.
 
-    def __init__(self, windows: np.ndarray) -> None:
+    ``stride`` is the one :func:`training_windows` cut them with: only the last ``stride``
+    targets of each window are supervised (``None``: all of them).
+    """
+
+    def __init__(self, windows: np.ndarray, stride: int | None = None) -> None:
         self.windows = torch.from_numpy(windows)
+        self.stride = stride
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -82,11 +102,12 @@ class TrainWindows(Dataset):
     def __getitem__(self, index: int) -> Tensor:
         return self.windows[index]
 
-    @staticmethod
-    def collate(rows: list[Tensor]) -> TrainBatch:
+    def collate(self, rows: list[Tensor]) -> TrainBatch:
         windows = torch.stack(rows)
         input_ids = windows[:, :-1]
         target_ids = torch.where(input_ids > 0, windows[:, 1:], torch.zeros_like(input_ids))
+        if self.stride is not None:
+            target_ids[:, : input_ids.shape[1] - self.stride] = 0  # held by a later window
         return TrainBatch(input_ids=input_ids, target_ids=target_ids)
 
 

@@ -63,6 +63,11 @@ class SequentialRecDataModule(L.LightningDataModule):
         split: ``"leave_one_out"`` or ``"global_time"`` (with ``split_ratios``).
         split_ratios: train / validation / test shares of the timeline for ``global_time``.
         max_len: history length seen by the model (item 0 pads on the left).
+        train_stride: targets supervised per training window; ``None`` (= ``max_len``) cuts
+            consecutive windows. A smaller value cuts overlapping windows so that every target is
+            predicted from at least ``max_len - train_stride`` items of history, as at evaluation,
+            still once per epoch, at ``max_len / train_stride`` times the forward passes
+            (:func:`~lightning_rec.data.batches.training_windows`).
         batch_size: training windows per batch.
         eval_batch_size: queries per validation / test batch.
         num_workers: DataLoader worker processes.
@@ -80,6 +85,7 @@ class SequentialRecDataModule(L.LightningDataModule):
         split: SplitName = "leave_one_out",
         split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
         max_len: int = 50,
+        train_stride: int | None = None,
         batch_size: int = 256,
         eval_batch_size: int = 512,
         num_workers: int = 0,
@@ -89,6 +95,8 @@ class SequentialRecDataModule(L.LightningDataModule):
         super().__init__()
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if train_stride is not None and not 1 <= train_stride <= max_len:
+            raise ValueError(f"train_stride must be in [1, max_len={max_len}] or None, got {train_stride}")
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
         self.save_hyperparameters(ignore=["source"])
@@ -103,6 +111,7 @@ class SequentialRecDataModule(L.LightningDataModule):
         )
         self.cache_dir: Path | None = None if cache_dir == "" else Path(cache_dir or default_cache_dir())
         self.max_len = max_len
+        self.train_stride = train_stride
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -174,12 +183,15 @@ class SequentialRecDataModule(L.LightningDataModule):
     # ----------------------------------------------------------- dataloaders
     def train_dataloader(self) -> DataLoader:
         data = self.data
-        windows = training_windows(data.items, data.offsets[:-1], data.train_end, self.max_len)
+        windows = training_windows(
+            data.items, data.offsets[:-1], data.train_end, self.max_len, stride=self.train_stride
+        )
+        dataset = TrainWindows(windows, stride=self.train_stride)
         return DataLoader(
-            TrainWindows(windows),
+            dataset,
             batch_size=self.batch_size,
             shuffle=True,
-            collate_fn=TrainWindows.collate,
+            collate_fn=dataset.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -13,7 +13,8 @@ def test_windows_cover_every_training_pair_exactly_once(max_len):
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     items = rng.integers(1, 100, size=offsets[-1])
     windows = training_windows(items, offsets[:-1], offsets[1:], max_len)
-    batch = TrainWindows.collate([row for row in TrainWindows(windows)]) if len(windows) else None
+    dataset = TrainWindows(windows)
+    batch = dataset.collate([row for row in dataset]) if len(windows) else None
     expected = sorted(
         (tuple(items[s:t].tolist()[-max_len:]), int(items[t]))
         for s, e in pairwise(offsets)
@@ -33,6 +34,44 @@ def test_windows_cover_every_training_pair_exactly_once(max_len):
     for row in windows:
         real = np.flatnonzero(row)
         assert np.all(row[real[0] :] > 0)
+
+
+@pytest.mark.parametrize(("max_len", "stride"), [(5, 1), (5, 2), (5, 5), (8, 3), (50, 10)])
+def test_strided_windows_supervise_every_pair_once_with_a_long_history(max_len, stride):
+    rng = np.random.default_rng(max_len * 100 + stride)
+    lengths = rng.integers(0, 40, size=30)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    items = rng.permutation(offsets[-1]) + 1  # distinct items: a target names its pair
+    windows = training_windows(items, offsets[:-1], offsets[1:], max_len, stride=stride)
+    dataset = TrainWindows(windows, stride=stride)
+    batch = dataset.collate([row for row in dataset])
+    seen: dict[int, tuple[int, ...]] = {}
+    for inputs, targets in zip(batch.input_ids.numpy(), batch.target_ids.numpy(), strict=True):
+        for position in np.flatnonzero(targets):
+            prefix = inputs[: position + 1]
+            assert int(targets[position]) not in seen, "a pair was supervised twice"
+            seen[int(targets[position])] = tuple(prefix[prefix > 0].tolist())
+    expected = {
+        int(items[t]): tuple(items[s:t].tolist()[-max_len:])
+        for s, e in pairwise(offsets)
+        for t in range(s + 1, e)
+    }
+    assert set(seen) == set(expected)  # every pair once
+    for target, history in seen.items():
+        full = expected[target]
+        # The window's part of the true history, never shorter than max_len - stride + 1 items.
+        assert full[len(full) - len(history) :] == history
+        assert len(history) >= min(len(full), max_len - stride + 1)
+
+
+def test_strided_windows_with_stride_max_len_equal_todays_windows():
+    items = np.arange(1, 12)
+    assert np.array_equal(
+        training_windows(items, np.array([0]), np.array([11]), 4, stride=4),
+        training_windows(items, np.array([0]), np.array([11]), 4),
+    )
+    with pytest.raises(ValueError, match="stride must be in"):
+        training_windows(items, np.array([0]), np.array([11]), 4, stride=5)
 
 
 def test_long_sequence_windows_overlap_by_one_item():

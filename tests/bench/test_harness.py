@@ -1,0 +1,101 @@
+"""bench/harness.py: the paired interval against a hand computation, and selection on validation only."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from harness import Bench, Trial, paired_interval, t_quantile_975
+
+
+def test_t_quantile_matches_the_table() -> None:
+    # Student t, 0.975 quantile: the textbook values for df 1, 2, 4 and 30.
+    for df, expected in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)]:
+        assert t_quantile_975(df) == pytest.approx(expected, abs=1e-4)
+
+
+def test_paired_interval_equals_a_hand_computation() -> None:
+    method = [0.30, 0.35, 0.28, 0.40, 0.33]
+    baseline = [0.25, 0.30, 0.29, 0.31, 0.30]
+    # By hand: differences 0.05, 0.05, -0.01, 0.09, 0.03; mean 0.042;
+    # squared deviations 0.000064, 0.000064, 0.002704, 0.002304, 0.000144 -> sum 0.00528;
+    # sd = sqrt(0.00528 / 4) = 0.036332; half width = 2.776445 * 0.036332 / sqrt(5) = 0.045112.
+    interval = paired_interval(method, baseline)
+    assert interval["mean"] == pytest.approx(0.042)
+    assert interval["low"] == pytest.approx(0.042 - 0.045112, abs=1e-6)
+    assert interval["high"] == pytest.approx(0.042 + 0.045112, abs=1e-6)
+    assert interval["within_noise"]  # the interval crosses 0
+    shifted = paired_interval([m + 0.1 for m in method], baseline)
+    assert not shifted["within_noise"]
+
+
+def _bench(tmp_path: Path, **kwargs) -> Bench:
+    return Bench(
+        name="toy",
+        title="toy",
+        protocol="toy",
+        budget="one call",
+        selection="validation score",
+        primary="score",
+        baseline="base",
+        argv=["--seeds", "2", "--results-dir", str(tmp_path)],
+        **kwargs,
+    )
+
+
+def test_selection_reads_validation_only_and_never_calls_unselected_test(tmp_path: Path) -> None:
+    test_calls: list[tuple[str, float, int]] = []
+
+    def trial(row: str, params: dict, seed: int) -> Trial:
+        lr = params["lr"]
+        # Validation prefers lr 0.1; test would prefer lr 1.0: selection must still pick 0.1.
+        valid = {"score": 1.0 - abs(lr - 0.1) + params["offset"]}
+        test_score = lr + params["offset"] + 0.01 * seed
+
+        def test() -> dict[str, float]:
+            test_calls.append((row, lr, seed))
+            return {"score": test_score}
+
+        return Trial(valid=valid, test=test, extra={"lr_seen": lr})
+
+    bench = _bench(tmp_path)
+    result = bench.run(
+        rows={"base": {"offset": 0.0}, "method": {"offset": 0.5}}, grid={"lr": [0.01, 0.1, 1.0]}, trial=trial
+    )
+    # Each (row, seed) called test once, for its selected point only.
+    assert sorted(test_calls) == sorted((r, 0.1, s) for r in ("base", "method") for s in (0, 1))
+    for row in result["rows"].values():
+        assert [r["selected"] for r in row["per_seed"]] == [{"lr": 0.1}, {"lr": 0.1}]
+        assert len(row["per_seed"][0]["grid_valid"]) == 3  # every row searched the same grid
+    paired = result["rows"]["method"]["paired"]["score"]
+    assert paired["mean"] == pytest.approx(0.5) and paired["low"] == pytest.approx(0.5)  # zero spread
+    written = json.loads((tmp_path / "toy.json").read_text())
+    assert written["complete"] and written["seeds"] == [0, 1] and written["git_commit"] is not None
+    assert written["rows"]["base"]["summary"]["test"]["score"]["mean"] == pytest.approx(0.1 + 0.005)
+
+
+def test_a_row_cannot_override_the_grid(tmp_path: Path) -> None:
+    bench = _bench(tmp_path)
+    with pytest.raises(ValueError, match="cannot override the grid"):
+        bench.run(rows={"base": {"lr": 1.0}}, grid={"lr": [0.1]}, trial=lambda *a: None)
+
+
+def test_paired_interval_over_seeds_written_to_json(tmp_path: Path) -> None:
+    noise = {0: 0.02, 1: -0.01}
+
+    def trial(row: str, params: dict, seed: int) -> Trial:
+        score = params["level"] + (noise[seed] if row == "method" else 0.0)
+        return Trial(valid={"score": score}, test=lambda: {"score": score})
+
+    result = _bench(tmp_path).run(rows={"base": {"level": 0.1}, "method": {"level": 0.2}}, trial=trial)
+    paired = result["rows"]["method"]["paired"]["score"]
+    diffs = [0.12, 0.09]
+    sd = math.sqrt(((0.12 - 0.105) ** 2 + (0.09 - 0.105) ** 2) / 1)
+    assert paired["mean"] == pytest.approx(sum(diffs) / 2)
+    assert paired["high"] - paired["mean"] == pytest.approx(12.7062 * sd / math.sqrt(2), rel=1e-4)

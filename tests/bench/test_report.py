@@ -1,0 +1,47 @@
+"""bench/report.py: a harness results file becomes a markdown section with its tables and a plot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import report
+from harness import Bench, Trial
+
+
+def test_report_renders_tables_paired_verdicts_and_a_plot(tmp_path: Path) -> None:
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    bench = Bench(
+        name="toy",
+        title="Toy bench",
+        protocol="toy protocol",
+        budget="3 steps",
+        selection="validation score",
+        primary="score",
+        baseline="base",
+        argv=["--seeds", "3", "--results-dir", str(results)],
+    )
+    bench.add_table("A grid", ["items", "ms"], [[1000, 2.0], [10000, 20.0]])
+    shift = {"base": 0.0, "better": 0.3, "same": 0.0}
+    bench.run(
+        rows={name: {"shift": s} for name, s in shift.items()},
+        trial=lambda row, params, seed: Trial(
+            valid={"score": 0.5},
+            test=lambda: {"score": 0.5 + params["shift"] + 0.01 * seed * (row == "same")},
+        ),
+    )
+    sys_argv, sys.argv = sys.argv, ["report.py", "--results", str(results), "--docs", str(docs)]
+    try:
+        report.main()
+    finally:
+        sys.argv = sys_argv
+    text = (docs / "benchmarks.md").read_text()
+    assert "## Toy bench" in text and "- Budget (every row): 3 steps" in text
+    assert "| **base** | 0.5000 ± 0.0000 |" in text
+    assert "| better | +0.3000 [+0.3000, +0.3000] better |" in text
+    assert "| same | +0.0100 [-0.0148, +0.0348] within noise |" in text
+    assert "| 1,000 | 2.0000 |" in text
+    assert (docs / "img" / "toy.png").stat().st_size > 1000
+    assert "![Toy bench](img/toy.png)" in text
