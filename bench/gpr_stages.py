@@ -57,16 +57,17 @@ STAGES = {"MTP": "mtp", "VAFT": "vaft", "HEPO": "hepo"}
 
 def options(argv: list[str], quick: bool) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-users", type=int, default=200 if quick else 1000)
-    parser.add_argument("--num-items", type=int, default=150 if quick else 500)
+    parser.add_argument("--num-users", type=int, default=200 if quick else 600)
+    parser.add_argument("--num-items", type=int, default=150 if quick else 300)
+    parser.add_argument("--tokenizer-items", type=int, default=150 if quick else 1000)
     parser.add_argument("--max-len", type=int, default=20)
     parser.add_argument("--hidden-size", type=int, default=32)
     parser.add_argument("--codebook-size", type=int, default=32)
     parser.add_argument("--quantizer-steps", type=int, default=50 if quick else 300)
-    parser.add_argument("--mtp-epochs", type=int, default=2 if quick else 15)
-    parser.add_argument("--vaft-epochs", type=int, default=1 if quick else 3)
-    parser.add_argument("--hepo-epochs", type=int, default=1 if quick else 3)
-    parser.add_argument("--sasrec-epochs", type=int, default=2 if quick else 15)
+    parser.add_argument("--mtp-epochs", type=int, default=2 if quick else 10)
+    parser.add_argument("--vaft-epochs", type=int, default=1 if quick else 2)
+    parser.add_argument("--hepo-epochs", type=int, default=1 if quick else 2)
+    parser.add_argument("--sasrec-epochs", type=int, default=2 if quick else 10)
     parser.add_argument("--value-weight", type=float, default=0.5)
     parser.add_argument("--skip-tokenizers", action="store_true")
     return parser.parse_known_args(argv)[0]
@@ -83,7 +84,7 @@ def tokenizer_bench(args: argparse.Namespace, workdir: Path) -> None:
         name="gpr_tokenizers",
         title="GPR semantic-ID tokenizers: RQ-KMeans vs RQ-VAE vs RQ-KMeans+ (collision rate, code usage)",
         protocol=(
-            f"synthetic catalogue ({args.num_items} items, seed 0), all-MiniLM-L6-v2 embeddings of the "
+            f"synthetic catalogue ({args.tokenizer_items} items, seed 0), all-MiniLM-L6-v2 embeddings of the "
             f"titles; 3 levels x {args.codebook_size} codes; metrics over every item"
         ),
         budget=(
@@ -95,7 +96,7 @@ def tokenizer_bench(args: argparse.Namespace, workdir: Path) -> None:
         higher_is_better=False,
         baseline="RQ-KMeans",
     )
-    source = SyntheticReviews(num_users=args.num_users, num_items=args.num_items, cache_dir=str(workdir))
+    source = SyntheticReviews(num_items=args.tokenizer_items, cache_dir=str(workdir))
     titles = [meta.title for meta in source.items()]
     embeddings = item_text_embeddings(titles)
 
