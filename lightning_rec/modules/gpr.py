@@ -289,8 +289,10 @@ class GPR(RankingModule):
 
     # ------------------------------------------------------------------ set-up: tokenizer, simulator
     def setup(self, stage: str) -> None:
+        self.prepare_catalogue(getattr(self.trainer, "datamodule", None))
+
+    def prepare_catalogue(self, datamodule: SequentialRecDataModule) -> None:
         """Semantic ids (fitted once, or taken from the checkpoint), ad flags, bids and the simulator."""
-        datamodule = getattr(self.trainer, "datamodule", None)
         if not isinstance(datamodule, SequentialRecDataModule):
             raise ValueError("GPR needs a SequentialRecDataModule (its item texts, prices and users)")
         if self.decoder.hsd.max_len < datamodule.max_len + 2:

@@ -90,12 +90,7 @@ def test_three_stages_chain_through_checkpoints(tmp_path):
 def test_vaft_weights_ad_targets_by_their_value(tmp_path):
     datamodule = _datamodule(tmp_path)
     model = _model(tmp_path, stage="vaft", value_event="click")
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit_loop.setup_data = lambda: None  # set-up only: no training loop
-    model.trainer = trainer
-    trainer.strategy.connect(model)
-    trainer._data_connector.attach_datamodule(model, datamodule)
-    model.setup("fit")
+    model.prepare_catalogue(datamodule)
     batch = next(iter(datamodule.train_dataloader()))
     requests = model.sample_requests(batch)
     weights = model.value_weights(batch, requests)
