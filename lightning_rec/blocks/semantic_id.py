@@ -324,8 +324,8 @@ class SemanticIdQuantizer(HubMixin, nn.Module):
 
         RQ-KMeans and RQ-KMeans+ first fit the codebooks by residual k-means (RQ-KMeans+ stops there
         when ``steps`` is 0); RQ-VAE and RQ-KMeans+ then train for ``steps`` Adam steps on random
-        batches, re-seeding dead codes every ``reseed_interval`` steps. Everything is a function of
-        ``seed``.
+        batches, re-seeding dead codes every ``reseed_interval`` steps. The result is a function of
+        ``seed`` and the initial weights.
         """
         self._check_embeddings(embeddings)
         x = embeddings.detach().float()
