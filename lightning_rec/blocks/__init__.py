@@ -8,6 +8,7 @@ from lightning_rec.blocks.hhd import (
 )
 from lightning_rec.blocks.judge import (
     AspectEvidence,
+    CachedEvidence,
     EmbeddingAspectEvidence,
     ItemText,
     LLMAspectEvidence,
@@ -43,6 +44,7 @@ __all__ = [
     "SEQUENCE_ENCODERS",
     "AspectEvidence",
     "BERT4Rec",
+    "CachedEvidence",
     "ClassifierHead",
     "DeepPrompts",
     "DiffusionHead",

@@ -25,8 +25,10 @@ Axis legend:
     t  texts or prompts
     g  weight vectors sampled per pair (pairwise GRPO)
 
-Backends hold a pretrained model handed to them and never read files; the module that uses the judge
-loads the model (``lightning_rec.modules.SGRec``).
+Backends hold a pretrained model handed to them and never read files; whoever uses the judge loads
+the model. The judge stands alone: :meth:`PersonalizedSemanticJudge.score_texts` scores (user history
+texts, candidate text) pairs through any backend, cached by :class:`CachedEvidence`; no datamodule
+is involved (``lightning_rec.modules.SGRec`` only adds the training loop).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
@@ -43,14 +46,17 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
+from lightning_rec.data.score_cache import ScoreCache
 from lightning_rec.hub.mixin import HubMixin
-from lightning_rec.objectives.grpo import clipped_policy_loss, group_advantages
+from lightning_rec.objectives.grpo import group_advantages
+from lightning_rec.objectives.ppo import ppo_loss
 
 __all__ = [
     "ASPECTS",
     "DEFAULT_ASPECT_PROMPTS",
     "AspectEvidence",
     "AspectName",
+    "CachedEvidence",
     "EmbeddingAspectEvidence",
     "ItemText",
     "LLMAspectEvidence",
@@ -118,6 +124,16 @@ class UserContext:
     def categories(self) -> list[str]:
         """Distinct categories of the history, sorted (the "seen categories" view)."""
         return sorted({item.category for item in self.history if item.category})
+
+    @classmethod
+    def of(cls, history: Sequence[ItemText | str], situation: str = "") -> UserContext:
+        """The context of a history (oldest first; a plain string is a title), keyed by a digest of its
+        texts and situation, so that equal histories share their cached scores."""
+        items = tuple(item if isinstance(item, ItemText) else ItemText(item) for item in history)
+        text = "\x1e".join(item.text for item in items) + "\x1d" + situation
+        return cls(
+            key=hashlib.blake2b(text.encode(), digest_size=12).hexdigest(), history=items, situation=situation
+        )
 
 
 class AspectEvidence(Protocol):
@@ -447,6 +463,76 @@ class LLMAspectEvidence:
         return torch.cat(features) if features else torch.empty(0, self.feature_size)
 
 
+class CachedEvidence:
+    """Stage A computed once per (context, candidate): any backend behind two score caches.
+
+    Itself an :class:`AspectEvidence` (same aspects, version and feature size as ``backend``), so it
+    stands wherever a backend does. Only what the caches miss is computed, grouped into one backend call
+    per number of missing candidates per context. Keys: the context's ``key`` and the item's text.
+
+    Args:
+        backend: the stage-A backend (embedding or LLM).
+        directory: folder of the cache files (one per what is cached and backend version); None keeps
+            the scores in memory only.
+    """
+
+    def __init__(self, backend: AspectEvidence, directory: str | Path | None = None) -> None:
+        self.backend = backend
+        self.aspects = tuple(backend.aspects)
+        self.aspect_cache = ScoreCache(len(self.aspects), backend.version, directory, name="aspects")
+        self.feature_cache = ScoreCache(
+            backend.feature_size, backend.version, directory, name="user_features"
+        )
+
+    @property
+    def version(self) -> str:
+        return self.backend.version
+
+    @property
+    def feature_size(self) -> int:
+        return self.backend.feature_size
+
+    def user_features(self, contexts: Sequence[UserContext]) -> Tensor:
+        """`b` contexts -> user features `b u` (cached by context key)."""
+        keys = [context.key for context in contexts]
+        return self.feature_cache.get_or_compute(
+            keys, [""] * len(keys), lambda missing: self.backend.user_features([contexts[p] for p in missing])
+        )
+
+    def score(self, contexts: Sequence[UserContext], candidates: Sequence[Sequence[ItemText]]) -> Tensor:
+        """`b` contexts with `c` candidates each -> aspect evidence `b c m` (cached by context and item)."""
+        c = _check_candidates(contexts, candidates)
+        users = [context.key for context in contexts for _ in range(c)]
+        items = [item.text for row in candidates for item in row]
+
+        def compute(missing: list[int]) -> Tensor:
+            by_row: dict[int, list[int]] = {}
+            for position in missing:
+                by_row.setdefault(position // c, []).append(position)
+            by_count: dict[int, list[int]] = {}
+            for row, positions in by_row.items():
+                by_count.setdefault(len(positions), []).append(row)
+            scores = torch.empty(len(missing), len(self.aspects))
+            slot = {position: index for index, position in enumerate(missing)}
+            for rows in by_count.values():
+                row_positions = [by_row[row] for row in rows]
+                evidence = self.backend.score(
+                    [contexts[row] for row in rows],
+                    [[candidates[p // c][p % c] for p in positions] for positions in row_positions],
+                )
+                for row_evidence, positions in zip(evidence, row_positions, strict=True):
+                    scores[[slot[p] for p in positions]] = row_evidence
+            return scores
+
+        evidence = self.aspect_cache.get_or_compute(users, items, compute)
+        return evidence.reshape(len(contexts), c, len(self.aspects))
+
+    def save(self) -> None:
+        """Write both caches to ``directory`` (a no-op in memory or when nothing is new)."""
+        self.aspect_cache.save()
+        self.feature_cache.save()
+
+
 class PersonalizedSemanticJudge(HubMixin, nn.Module):
     """Stage B of the PSJ: user-conditional aspect weights and the holistic score (arXiv 2602.10606).
 
@@ -541,7 +627,7 @@ class PersonalizedSemanticJudge(HubMixin, nn.Module):
 
         Returns the scalar loss of ``objective`` and detached diagnostics: "pair_accuracy" (share of
         pairs the deterministic w(x) orders right), "scale" (beta), and for pairwise GRPO the
-        diagnostics of :func:`~lightning_rec.objectives.clipped_policy_loss` and "reward_mean".
+        diagnostics of :func:`~lightning_rec.objectives.ppo_loss` and "reward_mean".
         """
         self._check_evidence(preferred_scores, len(user_features), dims=2)
         self._check_evidence(other_scores, len(user_features), dims=2)
@@ -559,12 +645,33 @@ class PersonalizedSemanticJudge(HubMixin, nn.Module):
         log_probs = rearrange(policy.log_prob(sampled), "g b -> b g")
         rewards = (torch.einsum("gbm,bm->bg", sampled, difference) > 0).float()
         advantages = group_advantages(rewards)
-        loss, grpo_diagnostics = clipped_policy_loss(
+        loss, grpo_diagnostics = ppo_loss(
             rearrange(log_probs, "b g -> (b g) 1"),
             rearrange(log_probs, "b g -> (b g) 1"),  # on-policy: one update per sample, ratio 1
             rearrange(advantages, "b g -> (b g)"),
         )
         return loss, diagnostics | grpo_diagnostics | {"reward_mean": rewards.mean()}
+
+    @torch.no_grad()
+    def score_texts(
+        self,
+        evidence: AspectEvidence,
+        contexts: Sequence[UserContext],
+        candidates: Sequence[Sequence[ItemText]],
+    ) -> Tensor:
+        """The holistic score `b c` of `c` candidates for each of `b` user contexts, from texts alone.
+
+        ``evidence`` is any stage-A backend (wrap it in :class:`CachedEvidence` to compute each pair once)::
+
+            judge = PersonalizedSemanticJudge.from_pretrained("org/sgrec-judge")   # or a trained instance
+            evidence = CachedEvidence(EmbeddingAspectEvidence(minilm, tokenizer))
+            context = UserContext.of(["Acme Pro Tent (Tent)", "Stark Eco Lamp (Lamp)"])
+            judge.score_texts(evidence, [context], [[ItemText("Hooli Smart Drone", "Drone")]])
+        """
+        _check_candidates(contexts, candidates)
+        device = self.threshold.device
+        features = evidence.user_features(contexts).to(device)
+        return self(features, evidence.score(contexts, candidates).to(device))
 
     @torch.no_grad()
     def fit_threshold(self, preferred_holistic: Tensor, other_holistic: Tensor) -> None:

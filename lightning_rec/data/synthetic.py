@@ -4,6 +4,9 @@ Items have a category, attributes, a price and a text title; each item also has 
 near its category's centroid. Users hold a few latent intents and drift between them over time;
 their sessions are sampled from those intents, plus "complement" transitions (an item is often
 followed by a fixed companion item of the same category) that only a sequential model can exploit.
+With ``aspect_strength`` > 0 users also differ in what they value beyond their intents: half of them
+are novelty-seeking (they favour categories they have not bought from yet), half loyal (they favour
+the categories they have), so the best weighting of a judge's aspects differs between users.
 
 The catalogue is written in the Amazon Reviews 2018 format (``Synthetic.json.gz`` and
 ``meta_Synthetic.json.gz``) and read back through :class:`~lightning_rec.data.AmazonReviews`, so the
@@ -105,6 +108,9 @@ class SyntheticCatalogue:
         drift: probability that the active intent changes between two consecutive interactions.
         complement_prob: probability that the next item is the previous item's fixed companion.
         temperature: softmax temperature of intent-driven choices (lower is more predictable).
+        aspect_strength: logit bonus of a user's favoured aspect: categories not seen yet for a
+            novelty-seeking user, categories already seen for a loyal one (half the users each,
+            :attr:`novelty_seeking`). 0 (the default) is a catalogue without aspect preferences.
         seed: everything is a function of this seed.
     """
 
@@ -119,8 +125,11 @@ class SyntheticCatalogue:
         drift: float = 0.1,
         complement_prob: float = 0.35,
         temperature: float = 0.35,
+        aspect_strength: float = 0.0,
         seed: int = 0,
     ) -> None:
+        if aspect_strength < 0:
+            raise ValueError(f"aspect_strength must be >= 0, got {aspect_strength}")
         if num_users < 1 or num_items < 2 or num_categories < 1 or num_categories > num_items:
             raise ValueError(
                 f"need num_users >= 1, num_items >= 2 and 1 <= num_categories <= num_items; got "
@@ -138,7 +147,10 @@ class SyntheticCatalogue:
         self.drift = drift
         self.complement_prob = complement_prob
         self.temperature = temperature
+        self.aspect_strength = aspect_strength
         self.seed = seed
+        # Its own random stream, so that the users' histories without aspect preferences stay as they were.
+        self.novelty_seeking = np.random.default_rng([seed, 2]).random(num_users) < 0.5  # (u) bool
         self._build_items(np.random.default_rng([seed, 0]))
 
     # ---------------------------------------------------------------- items
@@ -205,9 +217,20 @@ class SyntheticCatalogue:
 
     @cached_property
     def users(self) -> list[_User]:
-        return [self._sample_user(np.random.default_rng([self.seed, 1, u])) for u in range(self.num_users)]
+        return [
+            self._sample_user(np.random.default_rng([self.seed, 1, u]), bool(self.novelty_seeking[u]))
+            for u in range(self.num_users)
+        ]
 
-    def _sample_user(self, rng: np.random.Generator) -> _User:
+    def _aspect_bonus(self, novelty_seeking: bool, seen_items: np.ndarray) -> np.ndarray | float:
+        """(i) logit bonus of each item for a user who has bought ``seen_items``: ``aspect_strength`` on
+        unseen categories (novelty-seeking) or on seen ones (loyal); 0 without aspect preferences."""
+        if self.aspect_strength == 0:
+            return 0.0
+        seen = np.isin(self.item_category, self.item_category[np.asarray(seen_items, dtype=np.int64)])
+        return self.aspect_strength * (~seen if novelty_seeking else seen)
+
+    def _sample_user(self, rng: np.random.Generator, novelty_seeking: bool) -> _User:
         m, k = self.intents_per_user, self.latent_dim
         anchors = rng.choice(self.num_categories, size=m)
         intents = self.category_centroids[anchors] + rng.normal(size=(m, k)) * 0.3
@@ -222,7 +245,7 @@ class SyntheticCatalogue:
             if items and companion not in seen and rng.random() < self.complement_prob:
                 item = companion
             else:
-                logits = self._intent_logits(intents[active])
+                logits = self._intent_logits(intents[active]) + self._aspect_bonus(novelty_seeking, items)
                 if seen:
                     logits[list(seen)] = -np.inf  # users do not review the same item twice
                 probs = np.exp(logits - logits.max())
@@ -240,11 +263,14 @@ class SyntheticCatalogue:
 
         Uses the user's intent active at ``step`` (default: after the last interaction, the one that
         generated it). The probability is the intent's choice model, ``softmax(<intent, item> / T
-        + popularity)``, rescaled so that the user's favourite item has probability 1.
+        + popularity + aspect bonus of the items bought before step)``, rescaled so that the user's
+        favourite item has probability 1.
         """
         record = self.users[user]
         step = len(record.items) - 1 if step is None else step
-        logits = self._intent_logits(record.intents[record.intent_path[step]])
+        logits = self._intent_logits(record.intents[record.intent_path[step]]) + self._aspect_bonus(
+            bool(self.novelty_seeking[user]), record.items[:step]
+        )
         return np.exp(logits[np.asarray(items)] - logits.max())
 
     # ---------------------------------------------------------------- files
@@ -297,7 +323,7 @@ class SyntheticCatalogue:
             "complement_prob": self.complement_prob,
             "temperature": self.temperature,
             "seed": self.seed,
-        }
+        } | ({"aspect_strength": self.aspect_strength} if self.aspect_strength else {})
 
 
 def _review_time(timestamp: int) -> str:
@@ -324,7 +350,8 @@ class SyntheticReviews:
     2018 format, then reads it with the real :class:`~lightning_rec.data.AmazonReviews` reader.
 
     Args:
-        num_users, num_items, num_categories, mean_length, seed: see :class:`SyntheticCatalogue`.
+        num_users, num_items, num_categories, mean_length, aspect_strength, seed: see
+            :class:`SyntheticCatalogue`.
         cache_dir: where the files are written (default :func:`~lightning_rec.data.default_cache_dir`).
     """
 
@@ -334,6 +361,7 @@ class SyntheticReviews:
         num_items: int = 1000,
         num_categories: int = 20,
         mean_length: float = 25.0,
+        aspect_strength: float = 0.0,
         seed: int = 0,
         cache_dir: str | None = None,
     ) -> None:
@@ -342,6 +370,7 @@ class SyntheticReviews:
             num_items=num_items,
             num_categories=num_categories,
             mean_length=mean_length,
+            aspect_strength=aspect_strength,
             seed=seed,
         )
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()

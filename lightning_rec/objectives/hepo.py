@@ -14,7 +14,8 @@ state is (user, codes so far), the action the next code. HEPO gives
   K candidates of a request are compared directly, ``A_{L-1} = (R - mean_K R) / (std_K R + eps)``
   (GRPO's group z-score, arXiv 2402.03300), which needs no critic where the reward is sparse and
   noisy across requests;
-- a **policy loss**: PPO's clipped surrogate (arXiv 1707.06347, Eq. 7) per level, weighted by c_l
+- a **policy loss**: PPO's clipped surrogate (arXiv 1707.06347, Eq. 7; the RL core's
+  :func:`~lightning_rec.objectives.ppo_loss`) per level, weighted by c_l
   (default (l + 1) / L: the fine levels decide the item);
 - a **critic loss**: ``sum_l mean (V(s, z_<l) - G_l)^2`` with the lambda-returns ``G_l = A^GAE_l + V_l``
   as targets (G_{L-1} = R).
@@ -35,7 +36,8 @@ import torch
 from einops import rearrange, reduce
 from torch import Tensor
 
-from lightning_rec.objectives.grpo import clipped_policy_loss, group_advantages
+from lightning_rec.objectives.grpo import group_advantages
+from lightning_rec.objectives.ppo import ppo_loss
 
 __all__ = ["generalized_advantages", "hepo_advantages", "hepo_loss", "process_rewards"]
 
@@ -189,7 +191,7 @@ def hepo_loss(
     diagnostics: dict[str, Tensor] = {}
     policy_loss = log_probs.new_zeros((), dtype=torch.float32)
     for level, weight in enumerate(weights):
-        level_loss, level_diagnostics = clipped_policy_loss(
+        level_loss, level_diagnostics = ppo_loss(
             rearrange(log_probs[..., level], "b k -> (b k) 1"),
             rearrange(old_log_probs[..., level], "b k -> (b k) 1"),
             rearrange(advantages[..., level], "b k -> (b k)"),
