@@ -400,8 +400,10 @@ class HeterogeneousHierarchicalDecoder(HubMixin, nn.Module):
             F.log_softmax(self.level_logits(states[:, level], level).float(), dim=-1)
             for level in range(self.num_levels)
         ]
+        # The critic reads the decoder's states but does not train them: its regression on rewards
+        # would otherwise pull the policy's representation (the usual failure of a shared trunk).
         values = torch.stack(
-            [self.level_value(states[:, level], level) for level in range(self.num_levels)], dim=1
+            [self.level_value(states[:, level].detach(), level) for level in range(self.num_levels)], dim=1
         )
         return log_probs, values
 

@@ -12,8 +12,8 @@ generates the next item's codes level by level. Three stages, each one ``fit`` w
 
 1. Tokenizer (once, at set-up, unless the checkpoint has semantic ids): item text -> MiniLM
    embeddings (cached on disk) -> quantizer fit -> semantic ids with the dedup digit.
-2. Requests: each window cut at a random position; E = "next item"; the N prediction heads'
-   targets are the next N items.
+2. Requests: each window cut at a random position; the N prediction heads' targets are the next
+   N items; E = "ad slot" for half of the requests whose next item is an ad, "any slot" otherwise.
 3. L = -sum_j w_j sum_l log P_j(z_l | s, z_<l) over the heads' targets, plus the diffusion head's
    denoising loss on the next item's embedding.
 
@@ -29,8 +29,9 @@ conversion event needs a pCVR, which the synthetic catalogue has not.)
 3. Rewards: the simulator's expected eCPM of each candidate (scaled by the mean ad bid) at the last
    level, process rewards (popularity of each code among the request's history) at the coarse ones.
 4. :func:`~lightning_rec.objectives.hepo_loss` (GAE, last-level z-score, per-level PPO clip, critic
-   on the HTE value heads), plus ``mtp_loss_weight`` times the MTP loss (kept, so the policy keeps
-   modelling the data it was pre-trained on).
+   on the HTE value heads), plus ``mtp_loss_weight`` times VAFT's value-weighted loss (kept, so the
+   policy keeps modelling the data as the stage it starts from did; an unweighted MTP loss would
+   pull it back towards MTP).
 
 The simulator (**ours**, as the paper's data is industrial): on the synthetic catalogue, pCTR is the
 catalogue's ground-truth ``click_probability`` of the user's active intent, and an ad's bid is its
@@ -87,7 +88,7 @@ Stage = Literal["mtp", "vaft", "hepo"]
 ValueEvent = Literal["impression", "click"]
 STAGES: tuple[str, ...] = ("mtp", "vaft", "hepo")
 
-#: environment ids of the E token: what the request asks for.
+#: environment ids of the E token: the slot a request fills (any item, or an ad slot).
 NEXT_ITEM_REQUEST, AD_REQUEST = 0, 1
 
 
@@ -138,8 +139,12 @@ class GPR(RankingModule):
         ad_share: share of items that are ads.
         value_event: VAFT's value weight, "impression" (eCPM) or "click" (eCPM / pCTR).
         diffusion_loss_weight: weight of the refining head's denoising loss.
+        requests_per_window: requests cut from each training window (at independent random
+            positions). The prompt is read bidirectionally, so one encoding serves one request only
+            (unlike SASRec's loss at every position): more requests per window buy supervision with
+            compute.
         num_candidates: K, HEPO's candidates per request.
-        mtp_loss_weight: weight of the MTP loss kept in the HEPO stage.
+        mtp_loss_weight: weight of the (value-weighted) MTP loss kept in the HEPO stage.
         gamma, lam, clip_epsilon, level_weights, process_reward_weight, value_coef: HEPO's
             (see :func:`~lightning_rec.objectives.hepo_loss`; process_reward_weight is alpha_l).
         beam_size: beams of constrained beam search at evaluation and prediction.
@@ -165,6 +170,7 @@ class GPR(RankingModule):
         ad_share: float = 0.3,
         value_event: ValueEvent = "impression",
         diffusion_loss_weight: float = 0.1,
+        requests_per_window: int = 1,
         num_candidates: int = 8,
         mtp_loss_weight: float = 1.0,
         gamma: float = 0.99,
@@ -186,6 +192,8 @@ class GPR(RankingModule):
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if value_event not in ("impression", "click"):
             raise ValueError(f"value_event must be 'impression' or 'click', got {value_event!r}")
+        if requests_per_window < 1:
+            raise ValueError(f"requests_per_window must be >= 1, got {requests_per_window}")
         if num_candidates < 2:
             raise ValueError(f"num_candidates must be >= 2 (HEPO z-scores over them), got {num_candidates}")
         if beam_size < max(max(ks), slate_size):
@@ -213,6 +221,7 @@ class GPR(RankingModule):
         self.ad_share = ad_share
         self.value_event = value_event
         self.diffusion_loss_weight = diffusion_loss_weight
+        self.requests_per_window = requests_per_window
         self.num_candidates = num_candidates
         self.mtp_loss_weight = mtp_loss_weight
         self.gamma, self.lam, self.clip_epsilon = gamma, lam, clip_epsilon
@@ -344,8 +353,9 @@ class GPR(RankingModule):
         self._is_ad = torch.tensor(vocab["is_ad"], dtype=torch.bool)
 
     # ------------------------------------------------------------------ requests
-    def request_tokens(self, history: Tensor, environment: int) -> tuple[Tensor, Tensor, Tensor]:
-        """History `b n` -> typed tokens: O/I per item, then U, then E = ``environment``; `b (n+2) ...`."""
+    def request_tokens(self, history: Tensor, environment: int | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """History `b n` -> typed tokens: O/I per item, then U, then E = ``environment`` (one id, or `b`
+        ids); `b (n+2) ...`."""
         codes_table = self._item_codes.to(history.device)
         is_ad = self._is_ad.to(history.device)[history]
         item_types = torch.where(history > 0, torch.where(is_ad, ITEM, ORGANIC), PAD)
@@ -360,9 +370,10 @@ class GPR(RankingModule):
         return codes, token_types, feature_ids
 
     def sample_requests(self, batch: TrainBatch) -> Requests:
-        """Cut each window at a random supervised position p: the history up to p (re-left-padded) and
-        the next N items as the heads' targets."""
-        input_ids, target_ids = batch.input_ids, batch.target_ids
+        """Cut each window at ``requests_per_window`` random supervised positions p (rows `b r`, window by
+        window): the history up to p (re-left-padded) and the next N items as the heads' targets."""
+        input_ids = batch.input_ids.repeat_interleave(self.requests_per_window, dim=0)
+        target_ids = batch.target_ids.repeat_interleave(self.requests_per_window, dim=0)
         n, heads = input_ids.shape[1], self.decoder.heads.num_heads
         choice = torch.where(target_ids > 0, torch.rand(target_ids.shape, device=target_ids.device), -1.0)
         position = choice.argmax(dim=1)  # (b)
@@ -371,14 +382,20 @@ class GPR(RankingModule):
         history = torch.where(source >= 0, input_ids.gather(1, source.clamp(min=0)), 0)
         ahead = position[:, None] + torch.arange(heads, device=input_ids.device)  # (b j)
         targets = torch.where(ahead < n, target_ids.gather(1, ahead.clamp(max=n - 1)), 0)
-        return Requests(*self.request_tokens(history, NEXT_ITEM_REQUEST), history=history, targets=targets)
+        # The E token says which slot the request fills. Half of the requests whose next item is an
+        # ad are ad-slot requests, so the model learns what an ad slot asks for (and still serves
+        # any-slot requests for ads); every other request is an any-slot request.
+        next_is_ad = self._is_ad.to(targets.device)[targets[:, 0]]
+        ad_slot = next_is_ad & (torch.rand(next_is_ad.shape, device=targets.device) < 0.5)
+        environment = torch.where(ad_slot, AD_REQUEST, NEXT_ITEM_REQUEST)
+        return Requests(*self.request_tokens(history, environment), history=history, targets=targets)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
         # 1-2. Requests cut from the windows, with the next N items as the heads' targets.
         requests = self.sample_requests(batch)
-        # 3. MTP (weighted by value in VAFT).
-        weights = self.value_weights(batch, requests) if self.stage == "vaft" else None
+        # 3. MTP (weighted by value from VAFT on).
+        weights = self.value_weights(batch, requests) if self.stage in ("vaft", "hepo") else None
         loss, logs = self.mtp_loss(requests, weights)
         if self.stage == "hepo":
             # HEPO on ad requests, the MTP loss kept as a regulariser.
@@ -416,14 +433,17 @@ class GPR(RankingModule):
 
     @torch.no_grad()
     def value_weights(self, batch: TrainBatch, requests: Requests) -> Tensor:
-        """VAFT: `b j` weights, eCPM (impression) or bid (click) of each ad target, normalised to mean 1
+        """VAFT: `(b r) j` weights, eCPM (impression) or bid (click) of each ad target, normalised to mean 1
         over the batch's ad targets; 1 for organic targets and 0 where there is none."""
         targets = requests.targets
         is_ad = self._is_ad.to(targets.device)[targets] & (targets > 0)
         bids = self._bids.to(targets.device)[targets]
         if self.value_event == "impression":
             users = self._request_users(batch)
-            pctr = self.simulator.click_probability(users, batch.target_ids[:, -1], targets)
+            if users is not None:
+                users = users.repeat_interleave(self.requests_per_window)
+            window_targets = batch.target_ids[:, -1].repeat_interleave(self.requests_per_window)
+            pctr = self.simulator.click_probability(users, window_targets, targets)
             value = pctr * bids
         else:
             value = bids

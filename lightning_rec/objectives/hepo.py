@@ -119,8 +119,8 @@ def hepo_advantages(
         scale: divide the last level's centred R by its std over the K candidates (GRPO) or not.
 
     Returns:
-        advantages `b k l` (GAE at levels 0..l-2, z-scored R over the K candidates at level l-1) and
-        returns `b k l` (lambda-returns; R at the last level).
+        advantages `b k l` (GAE at levels 0..l-2, standardised per level over the batch; R z-scored
+        over the K candidates at level l-1) and returns `b k l` (lambda-returns; R at the last level).
     """
     if (
         level_rewards.dim() != 3
@@ -133,8 +133,13 @@ def hepo_advantages(
         )
     rewards = torch.cat([level_rewards[..., :-1], final_rewards[..., None].to(level_rewards.dtype)], dim=-1)
     advantages, returns = generalized_advantages(rewards, values, gamma, lam)
+    # The coarse levels' GAE advantages are standardised per level over the batch, as PPO
+    # implementations do (CleanRL's norm_adv): with rewards >= 0 and a critic still learning, raw
+    # advantages are all positive and would reinforce every sampled code alike.
+    coarse = advantages[..., :-1]
+    coarse = (coarse - coarse.mean(dim=(0, 1))) / (coarse.std(dim=(0, 1), correction=1) + 1e-4)
     last = group_advantages(final_rewards.detach(), scale=scale).to(advantages.dtype)
-    return torch.cat([advantages[..., :-1], last[..., None]], dim=-1), returns
+    return torch.cat([coarse, last[..., None]], dim=-1), returns
 
 
 def hepo_loss(

@@ -89,10 +89,11 @@ def test_three_stages_chain_through_checkpoints(tmp_path):
 
 def test_vaft_weights_ad_targets_by_their_value(tmp_path):
     datamodule = _datamodule(tmp_path)
-    model = _model(tmp_path, stage="vaft", value_event="click")
+    model = _model(tmp_path, stage="vaft", value_event="click", requests_per_window=2)
     model.prepare_catalogue(datamodule)
     batch = next(iter(datamodule.train_dataloader()))
     requests = model.sample_requests(batch)
+    assert requests.targets.shape[0] == 2 * len(batch)
     weights = model.value_weights(batch, requests)
     targets = requests.targets
     is_ad = model._is_ad[targets] & (targets > 0)

@@ -43,11 +43,18 @@ def test_last_level_is_z_scored_over_the_candidates_and_coarse_levels_use_gae():
     advantages, returns = hepo_advantages(level_rewards, final_rewards, values, gamma=1.0, lam=0.5)
     # R: mean 2, Bessel std 1 -> (R - 2) / (1 + 1e-4)
     assert advantages[0, :, 1].tolist() == pytest.approx([-1 / 1.0001, 0.0, 1 / 1.0001])
-    # Level 0: delta_0 = r_0 + V_1 - V_0, delta_1 = R - V_1, A_0 = delta_0 + 0.5 delta_1.
-    for candidate in range(3):
-        r0, v0, v1 = level_rewards[0, candidate, 0], values[0, candidate, 0], values[0, candidate, 1]
-        expected = (r0 + v1 - v0) + 0.5 * (final_rewards[0, candidate] - v1)
-        assert advantages[0, candidate, 0].item() == pytest.approx(expected.item())
+    # Level 0: delta_0 = r_0 + V_1 - V_0, delta_1 = R - V_1, A_0 = delta_0 + 0.5 delta_1, then
+    # standardised over the batch's candidates.
+    gae = torch.tensor(
+        [
+            (level_rewards[0, c, 0] + values[0, c, 1] - values[0, c, 0])
+            + 0.5 * (final_rewards[0, c] - values[0, c, 1])
+            for c in range(3)
+        ]
+    )
+    expected = (gae - gae.mean()) / (gae.std() + 1e-4)
+    assert torch.allclose(advantages[0, :, 0], expected, atol=1e-6)
+    assert returns[0, :, 0].tolist() == pytest.approx((gae + values[0, :, 0]).tolist())
     assert torch.allclose(returns[..., 1], final_rewards)
 
 
