@@ -8,11 +8,12 @@ changes initialisation and sampling only):
    codes) and code usage (share of codes used, per level), plus code perplexity and reconstruction
    error. No split: a tokenizer is fitted on, and measured over, the whole catalogue.
 2. ``gpr_stages``: the three chained fits per seed (MTP, then VAFT from MTP's selected checkpoint,
-   then HEPO from VAFT's), HEPO also decoded with value-guided beam pruning, and SASRec on the same
-   split. Test figures: the simulator's expected eCPM of the top-10 ads of an ad request (pCTR from
-   the catalogue's ground-truth preference, bid = price; SASRec ranks the ads by its scores) and
-   Recall/NDCG@10 of the held-out next item (GPR: constrained beam search, items outside the beam rank
-   last; SASRec: full ranking).
+   then HEPO from VAFT's), HEPO also decoded with value-guided beam pruning, HEPO's control (VAFT's
+   loss alone for HEPO's epochs, from the same checkpoint), and SASRec on the same split. Test
+   figures: the simulator's expected eCPM of the top-10 ads of an ad request (pCTR from the
+   catalogue's ground-truth preference, bid = price; SASRec ranks the ads by its scores) and
+   Recall/NDCG@10 of the held-out next item (GPR: constrained beam search, items outside the beam
+   rank last; SASRec: full ranking).
 
 Run from the repository root (``--quick`` for a smoke run):
 
@@ -58,7 +59,13 @@ TOKENIZERS = {
     "RQ-VAE, no re-seeding": ("rq_vae", 0),
     "RQ-KMeans+": ("rq_kmeans_plus", 50),
 }
-STAGES = {"MTP": "mtp", "VAFT": "vaft", "HEPO": "hepo"}
+STAGES = {
+    "MTP": "mtp",
+    "VAFT": "vaft",
+    "VAFT, continued (HEPO's control)": "vaft-continued",
+    "HEPO": "hepo",
+    "HEPO + value-guided beam": "hepo",
+}
 
 
 def options(argv: list[str], quick: bool) -> argparse.Namespace:
@@ -178,15 +185,19 @@ def stage_bench(args: argparse.Namespace, workdir: Path) -> None:
 
     @cache
     def fitted(stage: str, seed: int) -> str:
-        """The selected checkpoint of ``stage`` for ``seed`` (each stage starts from the previous one's)."""
-        previous = {"vaft": "mtp", "hepo": "vaft"}.get(stage)
+        """The selected checkpoint of ``stage`` for ``seed`` (each stage starts from the previous one's).
+
+        "vaft-continued" is the control of HEPO: VAFT's loss alone for HEPO's epochs, from the same
+        VAFT checkpoint, so that HEPO's gain is not mistaken for the gain of more training.
+        """
+        previous = {"vaft": "mtp", "hepo": "vaft", "vaft-continued": "vaft"}.get(stage)
         pretrained = fitted(previous, seed) if previous else None
         L.seed_everything(seed, verbose=False)
-        model = build(stage, pretrained)
+        model = build("vaft" if stage == "vaft-continued" else stage, pretrained)
         monitor = "val/ndcg@10" if stage == "mtp" else "val/ecpm@10"
         checkpoint = ModelCheckpoint(dirpath=workdir / f"{stage}-{seed}", monitor=monitor, mode="max",
                                      filename="best", enable_version_counter=False)  # fmt: skip
-        epochs = {"mtp": args.mtp_epochs, "vaft": args.vaft_epochs, "hepo": args.hepo_epochs}[stage]
+        epochs = {"mtp": args.mtp_epochs, "vaft": args.vaft_epochs}.get(stage, args.hepo_epochs)
         trainer(max_epochs=epochs, callbacks=[checkpoint]).fit(model, data)
         return checkpoint.best_model_path
 
@@ -198,9 +209,13 @@ def stage_bench(args: argparse.Namespace, workdir: Path) -> None:
 
     def gpr_trial(row: str, seed: int) -> Trial:
         clock = time.perf_counter()
-        stage = "hepo" if row == "HEPO + value-guided beam" else STAGES[row]
+        stage = STAGES[row]
         path = fitted(stage, seed)
-        model = build(stage, None, args.value_weight if row == "HEPO + value-guided beam" else 0.0)
+        model = build(
+            "vaft" if stage == "vaft-continued" else stage,
+            None,
+            args.value_weight if row == "HEPO + value-guided beam" else 0.0,
+        )
         valid = evaluate(model, path, "valid")
         return Trial(valid=valid, test=lambda: evaluate(model, path, "test"),
                      extra={"seconds": time.perf_counter() - clock})  # fmt: skip
@@ -238,7 +253,7 @@ def stage_bench(args: argparse.Namespace, workdir: Path) -> None:
         return sasrec_trial(seed) if row == "SASRec" else gpr_trial(row, seed)
 
     rows = {name: {"stage": stage} for name, stage in STAGES.items()}
-    rows["HEPO + value-guided beam"] = {"stage": "hepo", "value_weight": args.value_weight}
+    rows["HEPO + value-guided beam"]["value_weight"] = args.value_weight
     rows["SASRec"] = {"model": "sasrec"}
     bench.run(rows=rows, trial=trial)
 
