@@ -1,6 +1,11 @@
 """Layer 1: reusable nn.Modules. No Lightning, no I/O, no data formats."""
 
 from lightning_rec.blocks.diffusion import DiffusionHead, DiffusionSample
+from lightning_rec.blocks.hhd import (
+    HeterogeneousHierarchicalDecoder,
+    HeterogeneousSequenceDecoder,
+    MultiTokenPredictionHeads,
+)
 from lightning_rec.blocks.judge import (
     AspectEvidence,
     CachedEvidence,
@@ -12,6 +17,7 @@ from lightning_rec.blocks.judge import (
 )
 from lightning_rec.blocks.prompts import DeepPrompts, tiny_vit_config
 from lightning_rec.blocks.router import RandomExpandedAnalyticRouter
+from lightning_rec.blocks.semantic_id import SemanticIdQuantizer, SemanticIdReport, SemanticIdTrie
 from lightning_rec.blocks.sequence import (
     HSTU,
     SEQUENCE_ENCODERS,
@@ -46,12 +52,18 @@ __all__ = [
     "DiffusionSample",
     "EmbeddingAspectEvidence",
     "GRU4Rec",
+    "HeterogeneousHierarchicalDecoder",
+    "HeterogeneousSequenceDecoder",
     "ItemText",
     "LLMAspectEvidence",
+    "MultiTokenPredictionHeads",
     "PersonalizedSemanticJudge",
     "RandomExpandedAnalyticRouter",
     "SASRec",
     "SMoALinear",
+    "SemanticIdQuantizer",
+    "SemanticIdReport",
+    "SemanticIdTrie",
     "SequenceEncoder",
     "TemporalEnsembleHeads",
     "ThinkingBackbone",

@@ -6,6 +6,7 @@ line and field of a structural error (or skips the line, with ``on_bad_line="ski
 """
 
 from lightning_rec.data.amazon import AmazonReviews
+from lightning_rec.data.item_embeddings import item_text_embeddings
 from lightning_rec.data.labelled import (
     DigitsExamples,
     DiskDatasetExamples,
@@ -76,6 +77,7 @@ __all__ = [
     "fingerprint_files",
     "gaussian_blurry_stream",
     "hold_out",
+    "item_text_embeddings",
     "numbered_lines",
     "open_text",
     "parse_id",

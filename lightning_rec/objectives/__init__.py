@@ -9,6 +9,8 @@
 - :func:`chunked_cross_entropy`, :func:`sampled_softmax_loss`, :func:`gbce_loss`, :func:`bce_loss`:
   next-item losses whose memory does not grow with the catalogue (exact chunked CE; sampled softmax
   with logQ correction; gSASRec's gBCE; SASRec's BCE).
+- :func:`hepo_loss`, :func:`hepo_advantages`, :func:`process_rewards`, :func:`generalized_advantages`:
+  GPR's HEPO over semantic-ID levels (process rewards, GAE, last-level z-score, per-level PPO clip, critic).
 - :mod:`~lightning_rec.objectives.rollout`: categorical and diffusion rollouts and :func:`ppo_update`,
   which runs ``ppo_epochs`` passes over minibatches of one rollout (how modules drive it: its docstring).
 """
@@ -23,6 +25,7 @@ from lightning_rec.objectives.item_losses import (
     log_expected_candidate_count,
     sampled_softmax_loss,
 )
+from lightning_rec.objectives.hepo import generalized_advantages, hepo_advantages, hepo_loss, process_rewards
 from lightning_rec.objectives.ppo import PPOConfig, kl_estimate, ppo_loss
 from lightning_rec.objectives.rollout import (
     CategoricalRollout,
@@ -56,12 +59,16 @@ __all__ = [
     "frozen_copy",
     "gbce_beta",
     "gbce_loss",
+    "generalized_advantages",
     "group_advantages",
     "grpo_loss",
+    "hepo_advantages",
+    "hepo_loss",
     "kl_estimate",
     "log_expected_candidate_count",
     "minibatch_groups",
     "ppo_loss",
     "ppo_update",
+    "process_rewards",
     "sampled_softmax_loss",
 ]
