@@ -17,6 +17,7 @@
 
 from lightning_rec.objectives.a2po import a2po_advantages, a2po_loss, anchor_weights
 from lightning_rec.objectives.grpo import group_advantages, grpo_loss
+from lightning_rec.objectives.hepo import generalized_advantages, hepo_advantages, hepo_loss, process_rewards
 from lightning_rec.objectives.item_losses import (
     bce_loss,
     chunked_cross_entropy,
@@ -25,7 +26,6 @@ from lightning_rec.objectives.item_losses import (
     log_expected_candidate_count,
     sampled_softmax_loss,
 )
-from lightning_rec.objectives.hepo import generalized_advantages, hepo_advantages, hepo_loss, process_rewards
 from lightning_rec.objectives.ppo import PPOConfig, kl_estimate, ppo_loss
 from lightning_rec.objectives.rollout import (
     CategoricalRollout,

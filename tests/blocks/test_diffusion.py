@@ -331,7 +331,8 @@ def test_bad_constructor_arguments_raise():
 
 
 def test_forward_is_batch_independent():
-    """Inference starts at the thought-conditioned start's mean: a row's result does not depend on its batch (DDP shards)."""
+    """Inference starts at the thought-conditioned start's mean, so a row's result does not depend on its
+    batch (DDP shards)."""
     torch.manual_seed(0)
     head = DiffusionHead(hidden_size=16, num_steps=8, sampling_steps=4, dropout=0.0).eval()
     torch.nn.init.normal_(head.denoiser.output.weight, std=0.3)
