@@ -41,6 +41,10 @@ from lightning_rec.hub.mixin import HubMixin
 __all__ = ["LightningRecCLI", "main", "push_checkpoint", "run_cli"]
 
 
+#: Where the datamodule's catalogue size goes: the sequence encoder of the model, when it has one.
+NUM_ITEMS_LINK = "model.init_args.encoder.init_args.num_items"
+
+
 class LightningRecCLI(LightningCLI):
     """LightningCLI with the links every sequential-recommendation config needs."""
 
@@ -50,9 +54,21 @@ class LightningRecCLI(LightningCLI):
         # `predict` writes each user's top-K raw item ids: --recommend.k, --recommend.exclude_history,
         # --recommend.output_path (the users: --data.init_args.predict_users). Idle in other subcommands.
         parser.add_lightning_class_args(RecommendationWriter, "recommend")
-        parser.link_arguments(
-            "data.num_items", "model.init_args.encoder.init_args.num_items", apply_on="instantiate"
-        )
+        parser.link_arguments("data.num_items", NUM_ITEMS_LINK, apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        """Drop the ``num_items`` link for a model that has no ``encoder`` (GPR, FlyPrompt, ...).
+
+        jsonargparse skips a link whose target is missing but still reports it as applied, and
+        Lightning then fails to record it in the model's hyper-parameters ("Expected key
+        encoder.init_args.num_items"). Such a model takes its catalogue from the datamodule itself.
+        """
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("model.init_args.encoder") is None:
+            links = getattr(self._parser(self.subcommand), "_links_group", None)
+            if links is not None:
+                links._group_actions = [a for a in links._group_actions if a.target[0] != NUM_ITEMS_LINK]
+        super().instantiate_classes()
 
     def predict(self, **kwargs: Any) -> None:
         """``lightning-rec predict``: the recommendations stream to the writer's file, none kept in memory."""
