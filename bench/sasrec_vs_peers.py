@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -289,14 +290,16 @@ def main() -> None:
         else "trained to its early stop"
     )
 
+    # One folder for the whole run: a trial's test thunk reads its checkpoint after `trial` returns.
+    scratch = Path(tempfile.mkdtemp(prefix="sasrec-peers-"))
+
     def trial(row: str, params: dict[str, Any], seed: int) -> Trial:
-        with tempfile.TemporaryDirectory(prefix="sasrec-peers-") as tmp:
-            workdir = Path(tmp)
-            if params["peer"] == "ours":
-                return run_ours(seed, workdir)
-            if params["peer"] == "recbole":
-                return run_recbole(seed, workdir, bench.quick, threads)
-            return run_replay(seed, workdir, threads)
+        workdir = Path(tempfile.mkdtemp(prefix=f"{params['peer']}-{seed}-", dir=scratch))
+        if params["peer"] == "ours":
+            return run_ours(seed, workdir)
+        if params["peer"] == "recbole":
+            return run_recbole(seed, workdir, bench.quick, threads)
+        return run_replay(seed, workdir, threads)
 
     result = bench.run(
         rows={
@@ -350,6 +353,7 @@ def main() -> None:
         table,
     )
     bench._write(result)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -372,7 +372,11 @@ class AdapterFineTune(HubMixin, L.LightningModule):
             state = get_peft_model_state_dict(self.model, save_embedding_layers=False)
             return {key.removeprefix(PEFT_KEY_PREFIX): value for key, value in state.items()}
         tensors = {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
-        return tensors | smoa_state_dict(self.model)
+        if self.method != "smoa":
+            return tensors
+        # The adapter as save_smoa writes it: PEFT's keys, without the adapter name.
+        adapter = set(smoa_state_dict(self.model))
+        return {k: v for k, v in tensors.items() if k not in adapter} | smoa_state_dict(self.model, "default")
 
     # ------------------------------------------------------------------ hub
     def _save_pretrained(self, save_directory: Path) -> None:
