@@ -22,8 +22,9 @@ Limits, where Lightning gives no hook:
 - A checkpoint saved in the middle of an epoch resumes in Lightning's own way (its loaders are not
   stateful), so exactness holds for checkpoints saved at epoch ends (``last.ckpt``,
   validation-monitored ones).
-- Under DDP each process restores the states of rank 0, the one that writes the checkpoint: a
-  resumed multi-process run is reproducible, not identical to the uninterrupted one.
+- Under DDP the checkpoint holds every process's states (gathered when it is saved) and each
+  process restores its own; resumed on another number of processes, each restores rank 0's, and the
+  run is reproducible but not identical to the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import distributed as dist
 from torch.utils.data import DataLoader
 
 __all__ = ["ExactResume"]
@@ -48,6 +51,16 @@ class ExactResume(L.Callback):
 
     # ------------------------------------------------------------------ save
     def state_dict(self) -> dict[str, Any]:
+        """``{"ranks": [states of process 0, 1, ...]}``; Lightning calls it on every process."""
+        own = self._own_state()
+        if not (self._trainer is not None and self._trainer.world_size > 1 and dist.is_initialized()):
+            return {"ranks": [own]}
+        # Between this run's own processes (never from a file): plain objects travel as pickles.
+        ranks: list[Any] = [None] * self._trainer.world_size
+        dist.all_gather_object(ranks, own)
+        return {"ranks": ranks}
+
+    def _own_state(self) -> dict[str, Any]:
         numpy_state = np.random.get_state()
         state = {
             "torch": torch.get_rng_state(),
@@ -79,7 +92,14 @@ class ExactResume(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._restored is None:
             return
-        state = self._restored
+        ranks = self._restored["ranks"]
+        if len(ranks) != trainer.world_size:
+            rank_zero_warn(
+                f"the checkpoint holds the random states of {len(ranks)} processes and this run has "
+                f"{trainer.world_size}: every process restores rank 0's, so the resumed run is "
+                "reproducible but not identical to the interrupted one"
+            )
+        self._restored = state = ranks[trainer.global_rank] if len(ranks) == trainer.world_size else ranks[0]
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])

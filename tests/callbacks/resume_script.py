@@ -1,6 +1,7 @@
 """Train a tiny SASRec or DiffuReason for a number of epochs, resuming from a checkpoint if given.
 
-Usage: python resume_script.py <cache_dir> <out_dir> <method>:<epochs>[:<ckpt_path>] ...
+Usage: python resume_script.py <cache_dir> <out_dir> <devices> <method>:<epochs>[:<ckpt_path>] ...
+(``devices`` 2: ``strategy="ddp"`` on 2 CPU processes.)
 For each job, the final weights go to ``<out_dir>/<method>-<epochs>.safetensors`` and ``last.ckpt``
 to ``<out_dir>/<method>-<epochs>/``. test_exact_resume.py calls ``train`` in the test process and
 runs this script for the resumed half, in a fresh process.
@@ -21,7 +22,9 @@ from lightning_rec.datamodules import SequentialRecDataModule
 from lightning_rec.modules import DiffuReason, SASRec
 
 
-def train(method: str, epochs: int, cache_dir: str, out_dir: Path, ckpt_path: str | None) -> None:
+def train(
+    method: str, epochs: int, cache_dir: str, out_dir: Path, ckpt_path: str | None, devices: int = 1
+) -> None:
     L.seed_everything(0, verbose=False)
     source = SyntheticReviews(num_users=60, num_items=40, num_categories=4, cache_dir=cache_dir)
     data = SequentialRecDataModule(source=source, cache_dir=cache_dir, max_len=8, batch_size=16)
@@ -33,21 +36,27 @@ def train(method: str, epochs: int, cache_dir: str, out_dir: Path, ckpt_path: st
         model = DiffuReason(encoder=encoder, diffusion=head, grpo_warmup_steps=0, group_size=3, ks=(5,))
     checkpoints = out_dir / f"{method}-{epochs}"
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, deterministic=True, logger=False,
+        max_epochs=epochs, accelerator="cpu", devices=devices, deterministic=True, logger=False,
+        strategy="ddp" if devices > 1 else "auto",
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         callbacks=[ExactResume(), L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True)],
     )  # fmt: skip
     trainer.fit(model, data, ckpt_path=ckpt_path)
+    if trainer.global_rank > 0:  # DDP keeps the processes' weights equal
+        return
     weights = {key: value.clone() for key, value in model.state_dict().items()}  # shared weights: copies
     save_file(weights, str(out_dir / f"{method}-{epochs}.safetensors"))
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    cache_dir, out_dir = sys.argv[1], Path(sys.argv[2])
-    for job in sys.argv[3:]:
+    cache_dir, out_dir, devices = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    for job in sys.argv[4:]:
         method, epochs, *ckpt_path = job.split(":", 2)
-        train(method, int(epochs), cache_dir, out_dir, ckpt_path[0] if ckpt_path else None)
+        train(method, int(epochs), cache_dir, out_dir, ckpt_path[0] if ckpt_path else None, devices)
+    # Leave the process group before exiting (gloo can otherwise abort the interpreter's shutdown).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
