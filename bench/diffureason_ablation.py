@@ -1,192 +1,179 @@
-"""DiffuReason ablation on MovieLens-100K: SASRec, +thinking, +thinking+diffusion, full DiffuReason.
+"""DiffuReason ablation: backbone, +thinking, +thinking+diffusion, full DiffuReason, on the harness.
 
-Protocol as bench/sasrec_vs_recbole.py (shared/specs/data.md): RecBole's bundled ml-100k, leave-one-
-out in time order, full ranking with the user's earlier items masked, max length 50, SASRec backbone
-d 64, 2 layers, 2 heads, dropout 0.5, full-softmax CE, lr 1e-3, batch 128. Every row trains with
-early stopping on validation NDCG@10 and is tested with its best checkpoint, for each seed.
+Two settings, one per ``--data``:
 
-Run from the repository root with the project's environment:
+- ``ml-100k``: RecBole's bundled MovieLens-100K, SASRec backbone (``configs/diffureason/ml-100k.yaml``).
+- ``synthetic-2023``: the paper's setting on data anyone can generate: HSTU backbone on the synthetic
+  catalogue written in the Amazon Reviews 2023 layout (``configs/diffureason/synthetic-2023.yaml``).
 
-    .venv/bin/python bench/diffureason_ablation.py --seeds 0 1 2
+Every row is built from the shipped YAML (the "full" row) stacked with
+``configs/diffureason/ablation/<row>.yaml``, exactly as ``lightning-rec fit`` would build it: the
+model, the data, ``max_epochs`` and the EarlyStopping patience all come from the files, so each row
+of the table is one command a user can rerun. Only the seed differs per run. Each run keeps the
+checkpoint with the best validation NDCG@10 and is tested with it (the harness asks for the test
+metrics only after the selection).
 
-or one process per seed, then the table of all of them:
+Time per epoch is CPU seconds of the training part of an epoch (``time.process_time``, one intra-op
+thread), so it measures work even on a shared machine; it is reported separately for the epochs
+before GRPO starts and for those entirely after (an epoch in which GRPO starts is in neither).
 
-    for s in 0 1 2; do .venv/bin/python bench/diffureason_ablation.py --seeds $s --json s$s.json & done
-    wait
-    .venv/bin/python bench/diffureason_ablation.py --from-json s0.json s1.json s2.json
-
-Printed: mean ± std over the seeds of test NDCG@10 and Recall@10 per row, the training time per
-epoch relative to SASRec's (measured in this run, same process, as CPU seconds with one intra-op
-thread so that other work on the machine does not skew the ratio; wall seconds are printed per run),
-and whether full DiffuReason beats SASRec on NDCG@10 by more than the seed spread (the target).
+    .venv/bin/python bench/diffureason_ablation.py --data ml-100k            # 5 seeds, 4 rows
+    .venv/bin/python bench/diffureason_ablation.py --data synthetic-2023 --seeds 1 --rows full
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from harness import REPO, Bench, Trial
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+from lightning_rec.cli import LightningRecCLI
 
-from sasrec_vs_recbole import EpochClock  # noqa: E402
-
-from lightning_rec.blocks import DiffusionHead  # noqa: E402
-from lightning_rec.blocks import SASRec as SASRecEncoder  # noqa: E402
-from lightning_rec.data import RecBoleExample  # noqa: E402
-from lightning_rec.datamodules import SequentialRecDataModule  # noqa: E402
-from lightning_rec.modules import DiffuReason, SASRec  # noqa: E402
-
-#: row name -> (use_thinking, use_diffusion, use_grpo); None is the plain SASRec module.
-ROWS: dict[str, tuple[bool, bool, bool] | None] = {
-    "SASRec": None,
-    "+thinking": (True, False, False),
-    "+thinking+diffusion": (True, True, False),
-    "DiffuReason (full)": (True, True, True),
+CONFIGS = REPO / "configs" / "diffureason"
+DATA = {"ml-100k": ("ml-100k.yaml", "SASRec"), "synthetic-2023": ("synthetic-2023.yaml", "HSTU")}
+#: row -> ablation file stacked on the base config (None: the base config is the full method).
+ROWS = {
+    "backbone": "backbone",
+    "+thinking": "thinking",
+    "+thinking+diffusion": "thinking-diffusion",
+    "full": None,
 }
 
 
-def build(row: str, num_items: int, args: argparse.Namespace) -> L.LightningModule:
-    encoder = SASRecEncoder(num_items=num_items, hidden_size=64, max_len=50, num_layers=2, num_heads=2,
-                            dropout=0.5)  # fmt: skip
-    common = dict(loss="ce", learning_rate=args.learning_rate, mask_history=True, ks=(10,))
-    switches = ROWS[row]
-    if switches is None:
-        return SASRec(encoder=encoder, **common)
-    use_thinking, use_diffusion, use_grpo = switches
-    return DiffuReason(
-        encoder=encoder,
-        num_thinking_tokens=args.thinking_tokens,
-        diffusion=DiffusionHead(hidden_size=64, num_steps=32, sampling_steps=args.sampling_steps),
-        use_thinking=use_thinking,
-        use_diffusion=use_diffusion,
-        use_grpo=use_grpo,
-        grpo_warmup_steps=args.grpo_warmup_steps,
-        grpo_loss_weight=args.grpo_weight,
-        group_size=args.group_size,
-        requests_per_window=args.requests_per_window,
-        intent_loss_weight=args.intent_weight,
-        **common,
-    )
-
-
-class CpuClock(L.Callback):
-    """CPU seconds of each training epoch (``time.process_time``). With one intra-op thread this is
-    the work done, whatever else the machine runs; wall time is not, on a shared machine."""
+class CpuEpochClock(L.Callback):
+    """CPU seconds of each epoch's training part, whether GRPO ran all epoch, and validation NDCG@10."""
 
     def __init__(self) -> None:
-        self.epoch_cpu_seconds: list[float] = []
+        self.seconds: list[float] = []
+        self.grpo: list[bool | None] = []  # True: GRPO all epoch, False: none, None: it started mid-epoch
+        self.valid_ndcg: list[float] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._start = time.process_time()
+        self._start, self._first_step = time.process_time(), trainer.global_step
 
     def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.epoch_cpu_seconds.append(time.process_time() - self._start)
+        if trainer.sanity_checking:
+            return
+        self.seconds.append(time.process_time() - self._start)
+        if not getattr(module, "use_grpo", False):
+            self.grpo.append(False)
+        else:
+            warmup = module.grpo_warmup_steps
+            before, after = self._first_step >= warmup, trainer.global_step <= warmup
+            self.grpo.append(True if before else False if after else None)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Runs after this epoch's validation, once the module has logged it.
+        self.valid_ndcg.append(float(trainer.callback_metrics["val/ndcg@10"]))
+        print(f"  epoch {len(self.valid_ndcg):3d}: {self.seconds[-1]:6.2f} CPU s, GRPO {self.grpo[-1]}, "
+              f"valid NDCG@10 {self.valid_ndcg[-1]:.4f}", flush=True)  # fmt: skip
+
+    def mean_seconds(self, grpo: bool) -> float | None:
+        chosen = [s for s, g in zip(self.seconds, self.grpo, strict=True) if g is grpo]
+        return statistics.mean(chosen) if chosen else None
 
 
-def run(row: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict:
-    L.seed_everything(seed, verbose=False)
-    data = SequentialRecDataModule(
-        source=RecBoleExample("ml-100k"), k_core=1, split="leave_one_out", max_len=50, batch_size=128
+def build(data: str, row: str, seed: int) -> LightningRecCLI:
+    """The row's model, datamodule and trainer exactly as ``lightning-rec fit --config ...`` builds them."""
+    arguments = ["--config", str(CONFIGS / DATA[data][0])]
+    if ROWS[row] is not None:
+        arguments += ["--config", str(CONFIGS / "ablation" / f"{ROWS[row]}.yaml")]
+    arguments += ["--seed_everything", str(seed)]
+    return LightningRecCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
+                           subclass_mode_data=True, run=False, args=arguments)  # fmt: skip
+
+
+def budget_of(cli: LightningRecCLI) -> tuple[int, int]:
+    """(max_epochs, EarlyStopping patience) of the config's trainer."""
+    stops = [c for c in cli.trainer.callbacks if isinstance(c, L.pytorch.callbacks.EarlyStopping)]
+    if len(stops) != 1:
+        raise ValueError(f"the config must hold exactly one EarlyStopping callback, found {len(stops)}")
+    return cli.trainer.fit_loop.max_epochs, stops[0].patience
+
+
+def run_row(data: str, row: str, seed: int, max_epochs: int | None, patience: int | None) -> Trial:
+    """Train one row on one seed (budget from the YAML unless overridden); test on the best checkpoint."""
+    cli = build(data, row, seed)
+    model, datamodule = cli.model, cli.datamodule
+    yaml_epochs, yaml_patience = budget_of(cli)
+    workdir = Path(tempfile.mkdtemp(prefix="diffureason-bench-"))
+    clock = CpuEpochClock()
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=workdir, monitor="val/ndcg@10", mode="max")
+    stop = L.pytorch.callbacks.EarlyStopping(
+        monitor="val/ndcg@10", mode="max", patience=patience if patience is not None else yaml_patience
     )
-    model = build(row, data.num_items, args)
-    clock, cpu = EpochClock(), CpuClock()
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=workdir / f"{row}-{seed}".replace(" ", "_"),
-                                                     monitor="val/ndcg@10", mode="max")  # fmt: skip
-    stop = L.pytorch.callbacks.EarlyStopping(monitor="val/ndcg@10", mode="max", patience=args.patience)
     trainer = L.Trainer(
-        max_epochs=args.max_epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[clock, cpu, checkpoint, stop],
+        max_epochs=max_epochs if max_epochs is not None else yaml_epochs, accelerator="cpu", devices=1,
+        logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        callbacks=[clock, checkpoint, stop],
     )  # fmt: skip
-    started = time.perf_counter()
-    trainer.fit(model, data)
-    test = trainer.test(model, data, ckpt_path=checkpoint.best_model_path, verbose=False)[0]
-    return {
-        "seed": seed,
-        "epoch_seconds": statistics.mean(cpu.epoch_cpu_seconds),
-        "epoch_wall_seconds": statistics.mean(clock.epoch_seconds),
-        "epochs": len(clock.epoch_seconds),
-        "best_valid": max(clock.valid_ndcg),
-        "ndcg": test["test/ndcg@10"],
-        "recall": test["test/recall@10"],
-        "wall": time.perf_counter() - started,
+    trainer.fit(model, datamodule)
+
+    def test() -> dict[str, float]:
+        result = trainer.test(model, datamodule, ckpt_path=checkpoint.best_model_path, verbose=False)[0]
+        shutil.rmtree(workdir)
+        return {"ndcg@10": result["test/ndcg@10"], "recall@10": result["test/recall@10"]}
+
+    extra = {
+        "epochs": len(clock.seconds),
+        "best_epoch": 1 + clock.valid_ndcg.index(max(clock.valid_ndcg)),
+        "cpu_s_per_epoch_before_grpo": clock.mean_seconds(False),
+        "cpu_s_per_epoch_with_grpo": clock.mean_seconds(True),
+        "curves": {"epoch": list(range(1, len(clock.valid_ndcg) + 1)), "valid_ndcg@10": clock.valid_ndcg},
     }
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return Trial(
+        valid={"ndcg@10": float(checkpoint.best_model_score)},
+        test=test,
+        extra={k: v for k, v in extra.items() if v is not None},
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--max-epochs", type=int, default=40)
-    parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--thinking-tokens", type=int, default=2)
-    parser.add_argument("--sampling-steps", type=int, default=8)
-    parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--grpo-warmup-steps", type=int, default=200)
-    parser.add_argument("--grpo-weight", type=float, default=0.1)
-    parser.add_argument("--requests-per-window", type=int, default=8)
-    parser.add_argument("--intent-weight", type=float, default=1.0)
+    parser.add_argument("--data", choices=list(DATA), default="ml-100k")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: CPU time = work)")
-    parser.add_argument("--json", type=Path, help="also write the per-run results to this file")
-    parser.add_argument("--from-json", type=Path, nargs="+",
-                        help="print the table of earlier --json files instead")  # fmt: skip
-    args = parser.parse_args()
+    parser.add_argument("--max-epochs", type=int, help="override the YAML's max_epochs (a check)")
+    parser.add_argument("--single-row", choices=list(ROWS), help="one row alone, JSON out (a check)")
+    args, rest = parser.parse_known_args()
     torch.set_num_threads(args.threads)
-
-    results: dict[str, list[dict]] = {row: [] for row in args.rows}
-    if args.from_json:
-        for path in args.from_json:
-            for row, runs in json.loads(path.read_text()).items():
-                results.setdefault(row, []).extend(runs)
-        args.seeds = sorted({run["seed"] for runs in results.values() for run in runs})
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in [] if args.from_json else args.seeds:
-            for row in args.rows:
-                result = run(row, seed, args, Path(tmp))
-                results[row].append(result)
-                print(f"[seed {seed}] {row}: test NDCG@10 {result['ndcg']:.4f} "
-                      f"Recall@10 {result['recall']:.4f} ({result['epochs']} epochs, "
-                      f"{result['epoch_seconds']:.2f} CPU s/epoch, "
-                      f"{result['epoch_wall_seconds']:.2f} wall s/epoch)", flush=True)  # fmt: skip
-
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    base_epoch = statistics.mean(r["epoch_seconds"] for r in results.get("SASRec", results[args.rows[0]]))
-    print(
-        f"\n=== DiffuReason ablation on ml-100k (LOO, full ranking, history masked), seeds {args.seeds} ==="
+    config, backbone = DATA[args.data]
+    yaml_epochs, patience = budget_of(build(args.data, "full", 0))
+    max_epochs = args.max_epochs or yaml_epochs
+    if args.single_row:
+        seed = int(rest[rest.index("--first-seed") + 1]) if "--first-seed" in rest else 0
+        outcome = run_row(args.data, args.single_row, seed, max_epochs, None)
+        test = outcome.test()
+        print(json.dumps({"row": args.single_row, "seed": seed, "max_epochs": max_epochs,
+                          "valid": outcome.valid, "test": test, "extra": outcome.extra}))  # fmt: skip
+        return
+    bench = Bench(
+        name=f"diffureason_ablation_{args.data.replace('-', '_')}",
+        title=f"DiffuReason ablation on {args.data} ({backbone} backbone)",
+        protocol=f"configs/diffureason/{config} (+ ablation/<row>.yaml): leave-one-out, full ranking with "
+        "the history masked; test NDCG@10 / Recall@10 of the checkpoint best on validation NDCG@10",
+        budget=f"every row: at most {max_epochs} epochs"
+        + ("" if args.max_epochs is None else f" (YAML: {yaml_epochs})")
+        + f", early stopping on validation NDCG@10 with patience {patience} (YAML); CPU s/epoch with "
+        f"{args.threads} torch thread(s)",
+        selection="validation NDCG@10 (best epoch's checkpoint)",
+        primary="ndcg@10",
+        baseline="backbone",
+        argv=rest,
     )
-    print("time per epoch: CPU seconds of training (one intra-op thread), robust to a shared machine")
-    print(f"{'row':<22} {'NDCG@10':>17} {'Recall@10':>17} {'s/epoch':>8} {'x SASRec':>8} {'epochs':>7}")
-    for row, runs in results.items():
-        ndcg, ndcg_std = mean_std([r["ndcg"] for r in runs])
-        recall, recall_std = mean_std([r["recall"] for r in runs])
-        epoch = statistics.mean(r["epoch_seconds"] for r in runs)
-        epochs = statistics.mean(r["epochs"] for r in runs)
-        print(f"{row:<22} {ndcg:.4f} ± {ndcg_std:.4f}  {recall:.4f} ± {recall_std:.4f} {epoch:8.2f} "
-              f"{epoch / base_epoch:8.2f} {epochs:7.1f}")  # fmt: skip
-    if "SASRec" in results and "DiffuReason (full)" in results:
-        sasrec = mean_std([r["ndcg"] for r in results["SASRec"]])
-        full = mean_std([r["ndcg"] for r in results["DiffuReason (full)"]])
-        spread = max(sasrec[1], full[1])
-        ratio = statistics.mean(r["epoch_seconds"] for r in results["DiffuReason (full)"]) / base_epoch
-        gain = full[0] - sasrec[0]
-        print(f"target: full DiffuReason NDCG@10 above SASRec's by more than the seed spread: "
-              f"{gain:+.4f} vs spread {spread:.4f} -> {'met' if gain > spread else 'missed'}; time per "
-              f"epoch {ratio:.2f}x SASRec (target <= 2x) -> {'met' if ratio <= 2 else 'missed'}")  # fmt: skip
+    bench.info |= {"data": args.data, "backbone": backbone, "threads": args.threads}
+
+    def trial(row: str, params: dict, seed: int) -> Trial:
+        return run_row(args.data, row, seed, 1 if bench.quick else max_epochs, 1 if bench.quick else None)
+
+    bench.run(rows={row: {} for row in ROWS}, trial=trial)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,8 @@ def render_bench(result: dict[str, Any], image: str | None) -> str:
     lines = [f"## {result['title']}", ""]
     flags = []
     if result.get("quick"):
-        flags.append("**Smoke run (`--quick`): not a result.**")
+        what = result.get("info", {}).get("quick", "a smoke run at reduced size, not a result")
+        flags.append(f"**Quick run (`--quick`): {what}.**")
     if not result.get("complete"):
         done = min((len(r["per_seed"]) for r in result["rows"].values()), default=0)
         flags.append(f"**Partial: the run stopped after {done} of {len(result['seeds'])} seeds.**")
@@ -146,6 +147,9 @@ def render_bench(result: dict[str, Any], image: str | None) -> str:
         f"- Budget (every row): {result['budget']}",
         f"- Selection: {result['selection']}; seeds {result['seeds']}",
     ]
+    for key, value in result.get("info", {}).items():
+        if key != "quick":
+            lines.append(f"- {key.replace('_', ' ').capitalize()}: {value}")
     if result.get("grid"):
         grid = ", ".join(f"`{k}` ∈ {v}" for k, v in result["grid"].items())
         lines.append(f"- Tuning grid, the same for every row: {grid}")

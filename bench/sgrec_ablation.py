@@ -1,25 +1,27 @@
-"""S-GRec ablation on the synthetic catalogue: business reward only, reward_sum, adv_sum and A2PO.
+"""S-GRec's policy stage, synthetic catalogue: A2PO against business-only, adv_sum and a reward_sum sweep.
 
-Per seed: the judge stage (SASRec generator warm start + the judge's stage B, Bradley-Terry, on MiniLM
-evidence) trains once; then each advantage mode trains the policy stage from that same checkpoint
-(a paired comparison) with the same seed. The business reward is a click sampled from the catalogue's
-ground-truth preference times the item's price (its bid); the semantic reward is the judge's holistic
-score. The catalogue is fixed (seed 0); the seed changes initialisation and sampling.
+Data: the synthetic catalogue with aspect preferences (half the users novelty-seeking, half loyal;
+``aspect_strength`` 10, 30 categories), leave-one-out, max length 50. Per seed: the judge stage (SASRec
+generator warm start by next-item CE + the judge's stage B, Bradley-Terry on MiniLM evidence) trains
+once; every policy row then starts from that same checkpoint (paired) and trains with the same seed.
+The business reward is a click sampled from the catalogue's ground-truth preference times the item's
+price (its bid); the semantic reward is the judge's holistic score. Every policy row has the same
+supervised anchor (next-item CE, weight ``--anchor-weight``) and PPO settings (``--ppo-epochs`` passes
+of ``--num-minibatches`` minibatches on each rollout).
 
-Run from the repository root with the project's environment:
+Metrics (test queries: each user's held-out last item): ``ecpm@10``, the simulator's expected eCPM of
+the top-10 (click probability times bid, averaged over the slate); HR@10 and NDCG@10 of the held-out
+item; ``judge@10``, the mean score of the top-10 by an **independent judge**, trained by a judge
+stage on another seed (seed + 1000) than the judge that gave the reward, so that a policy cannot
+score well by exploiting its own reward model's errors; ``reward_judge@10`` is the reward judge's.
 
-    .venv/bin/python bench/sgrec_ablation.py --seeds 0 1 2
+Targets (issue 12, item 4): A2PO raises eCPM over the warm start and over business-only, raises the
+judge score over the warm start, and loses at most 2% relative HR@10.
 
-Printed, mean ± std over the seeds, on the test queries (each user's held-out last item): the
-simulator's expected eCPM of the top-10 items per request (click probability times bid, averaged
-over the slate), HR@10 and NDCG@10 of the held-out item, and the mean judge score of the top-10;
-then the paired differences to business-only and the issue's targets: A2PO at least as good as
-business-only on eCPM (within the seed spread) with a higher judge score, and reward_sum worse on
-eCPM (the collapse the paper reports).
+Run from the repository root (one thread; the models are tiny):
 
-reward_sum adds ``semantic_weight * judge score`` to the eCPM; the weight defaults to the catalogue's
-mean bid, so that the judge score is in the units of the business reward. adv_sum and A2PO add
-z-scored advantages and use weight 1 (the paper's A2PO).
+    .venv/bin/python bench/sgrec_ablation.py               # 5 seeds
+    .venv/bin/python bench/sgrec_ablation.py --quick --seeds 2   # small: a smoke run
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from harness import Bench, Trial, paired_interval  # noqa: E402
 
 from lightning_rec.blocks import EmbeddingAspectEvidence  # noqa: E402
 from lightning_rec.blocks import SASRec as SASRecEncoder  # noqa: E402
@@ -45,15 +50,14 @@ from lightning_rec.hub.pretrained import MINILM_HUB_ID, resolve_pretrained  # no
 from lightning_rec.modules import SGRec  # noqa: E402
 from lightning_rec.modules.sgrec import item_bids  # noqa: E402
 
-MODES = ("business_only", "reward_sum", "adv_sum", "a2po")
-METRICS = {"eCPM@10": "test/ecpm@10", "HR@10": "test/recall@10", "NDCG@10": "test/ndcg@10",
-           "judge@10": "test/judge_score@10"}  # fmt: skip
+INDEPENDENT_JUDGE_SEED = 1000
 
 
-def trainer(**kwargs) -> L.Trainer:
+def trainer(**kwargs: Any) -> L.Trainer:
     defaults = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, accelerator="cpu", devices=1)  # fmt: skip
-    return L.Trainer(**{**defaults, "num_sanity_val_steps": 0, **kwargs})
+                    enable_model_summary=False, accelerator="cpu", devices=1,
+                    num_sanity_val_steps=0)  # fmt: skip
+    return L.Trainer(**{**defaults, **kwargs})
 
 
 def load_evidence() -> EmbeddingAspectEvidence:
@@ -67,114 +71,162 @@ def load_evidence() -> EmbeddingAspectEvidence:
     )
 
 
-def build(data: SequentialRecDataModule, evidence, args: argparse.Namespace, scores: Path, **kwargs) -> SGRec:
-    encoder = SASRecEncoder(num_items=data.num_items, hidden_size=args.hidden_size, max_len=50, num_layers=2,
-                            num_heads=2, dropout=0.2)  # fmt: skip
-    model = SGRec(encoder=encoder, score_cache_dir=str(scores), **kwargs)
-    model.attach_evidence(evidence)
-    return model
+class Experiment:
+    """The data, the evidence backend and the per-seed judge stages, shared by every row of a seed."""
 
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args, self.workdir = args, workdir
+        source = SyntheticReviews(
+            num_users=args.num_users, num_items=args.num_items, num_categories=30,
+            aspect_strength=args.aspect_strength, cache_dir=str(workdir),
+        )  # fmt: skip
+        self.data = SequentialRecDataModule(
+            source=source, cache_dir=str(workdir), batch_size=64, eval_batch_size=512
+        )
+        self.evidence = load_evidence()
+        self.starts: dict[int, Path] = {}
+        self.judges: dict[int, dict[str, torch.Tensor]] = {}
 
-def run_seed(
-    seed: int, data, evidence, args: argparse.Namespace, workdir: Path
-) -> dict[str, dict[str, float]]:
-    scores = workdir / "scores"
-    L.seed_everything(seed, verbose=False)
-    judge_stage = build(data, evidence, args, scores, stage="judge", learning_rate=args.judge_stage_lr)
-    trainer(max_epochs=args.judge_epochs, check_val_every_n_epoch=1000).fit(judge_stage, data)
-    results = {"judge stage (start)": trainer().test(judge_stage, data, verbose=False)[0]}
-    start = workdir / f"judge-stage-{seed}"
-    judge_stage.save_pretrained(start)
-    for mode in MODES:
+    def build(self, **kwargs: Any) -> SGRec:
+        encoder = SASRecEncoder(num_items=self.data.num_items, hidden_size=self.args.hidden_size, max_len=50,
+                                num_layers=2, num_heads=2, dropout=0.2)  # fmt: skip
+        model = SGRec(encoder=encoder, score_cache_dir=str(self.workdir / "scores"), **kwargs)
+        model.attach_evidence(self.evidence)
+        return model
+
+    def judge_stage(self, seed: int) -> Path:
+        """The judge stage of ``seed`` (trained once per seed), saved as a Hub folder."""
+        if seed not in self.starts:
+            L.seed_everything(seed, verbose=False)
+            model = self.build(stage="judge", learning_rate=3e-3)
+            trainer(max_epochs=self.args.judge_epochs, check_val_every_n_epoch=1000).fit(model, self.data)
+            self.starts[seed] = self.workdir / f"judge-stage-{seed}"
+            model.save_pretrained(self.starts[seed])
+            self.judges[seed] = {k: v.clone() for k, v in model.judge.state_dict().items()}
+        return self.starts[seed]
+
+    def evaluate(self, model: SGRec, seed: int, split: str) -> dict[str, float]:
+        """Ranking, eCPM, the reward judge's score, then the independent judge's score of the same slates."""
+        run = trainer().validate if split == "val" else trainer().test
+        results = run(model, self.data, verbose=False)[0]
+        reward_judge = {k: v.clone() for k, v in model.judge.state_dict().items()}
+        model.judge.load_state_dict(self.judges[seed + INDEPENDENT_JUDGE_SEED])
+        independent = run(model, self.data, verbose=False)[0]
+        model.judge.load_state_dict(reward_judge)
+        slate = f"@{model.slate_size}"
+        return {
+            f"ecpm{slate}": results[f"{split}/ecpm{slate}"],
+            "hr@10": results[f"{split}/recall@10"],
+            "ndcg@10": results[f"{split}/ndcg@10"],
+            f"judge{slate}": independent[f"{split}/judge_score{slate}"],
+            f"reward_judge{slate}": results[f"{split}/judge_score{slate}"],
+        }
+
+    def trial(self, row: str, params: dict[str, Any], seed: int) -> Trial:
+        start = self.judge_stage(seed)
+        self.judge_stage(seed + INDEPENDENT_JUDGE_SEED)
         clock = time.perf_counter()
         L.seed_everything(seed, verbose=False)
-        policy = build(
-            data, evidence, args, scores,
-            stage="policy",
-            pretrained=str(start),
-            advantage_mode=mode,
-            semantic_weight=args.reward_sum_weight if mode == "reward_sum" else 1.0,
-            group_size=args.group_size,
-            kl_coef=args.kl_coef,
-            learning_rate=args.policy_lr,
-        )  # fmt: skip
-        trainer(max_epochs=args.policy_epochs, check_val_every_n_epoch=1000).fit(policy, data)
-        results[mode] = trainer().test(policy, data, verbose=False)[0]
-        figures = "  ".join(f"{name} {results[mode][key]:.4f}" for name, key in METRICS.items())
-        print(f"  seed {seed} {mode:14s} {figures}  ({time.perf_counter() - clock:.0f} s)", flush=True)
-    return results
-
-
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {std:.4f}"
+        if params["mode"] == "warm_start":
+            model = self.build(stage="policy", pretrained=str(start))
+            extra: dict[str, Any] = {}
+        else:
+            model = self.build(
+                stage="policy", pretrained=str(start), advantage_mode=params["mode"],
+                semantic_weight=params.get("semantic_weight", 1.0), group_size=self.args.group_size,
+                learning_rate=self.args.policy_lr, anchor_weight=self.args.anchor_weight,
+                ppo_epochs=self.args.ppo_epochs, num_minibatches=self.args.num_minibatches,
+            )  # fmt: skip
+            fit = trainer(max_epochs=self.args.policy_epochs, check_val_every_n_epoch=1000)
+            fit.fit(model, self.data)
+            extra = {"clip_fraction": float(fit.callback_metrics["train/a2po_clip_fraction"])}
+        valid = self.evaluate(model, seed, "val")
+        extra["seconds"] = time.perf_counter() - clock
+        return Trial(valid=valid, test=lambda: self.evaluate(model, seed, "test"), extra=extra)
 
 
 def main() -> None:
+    bench = Bench(
+        name="sgrec_ablation",
+        title="S-GRec policy stage: A2PO vs business-only, adv_sum, a reward_sum sweep (synthetic catalogue)",
+        protocol=(
+            "synthetic catalogue with novelty-seeking and loyal users (aspect_strength 10, 30 categories), "
+            "leave-one-out; eCPM@10 = simulator's expected click x bid of the top-10; HR/NDCG@10 of the "
+            "held-out item; judge@10 = top-10 score of a judge trained on another seed than the reward judge"
+        ),
+        budget="",  # set below from the arguments, before the run
+        selection="none (fixed epochs; every row trains the same number of epochs from the same start)",
+        primary="ecpm@10",
+        baseline="warm start",
+    )
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--num-users", type=int, default=1000)
-    parser.add_argument("--num-items", type=int, default=500)
+    parser.add_argument("--num-users", type=int, default=600)
+    parser.add_argument("--num-items", type=int, default=300)
+    parser.add_argument("--aspect-strength", type=float, default=10.0)
     parser.add_argument("--hidden-size", type=int, default=32)
-    parser.add_argument("--judge-epochs", type=int, default=10)
-    parser.add_argument("--policy-epochs", type=int, default=10)
-    parser.add_argument("--judge-stage-lr", type=float, default=3e-3)
+    parser.add_argument("--judge-epochs", type=int, default=15)
+    parser.add_argument("--policy-epochs", type=int, default=5)
     parser.add_argument("--policy-lr", type=float, default=1e-3)
     parser.add_argument("--group-size", type=int, default=16)
-    parser.add_argument("--kl-coef", type=float, default=0.0)
-    parser.add_argument("--reward-sum-weight", type=float, default=None,
-                        help="reward_sum's semantic weight (default: the catalogue's mean bid)")  # fmt: skip
-    args = parser.parse_args()
+    parser.add_argument("--anchor-weight", type=float, default=0.1)
+    parser.add_argument("--ppo-epochs", type=int, default=2)
+    parser.add_argument("--num-minibatches", type=int, default=2)
+    parser.add_argument("--reward-sum-weights", type=float, nargs="+", default=[3.0, 30.0])
+    args = parser.parse_args(bench.unparsed)
+    if bench.quick:
+        args.num_users, args.num_items, args.judge_epochs, args.policy_epochs = 300, 150, 3, 1
+    bench.budget = (
+        f"judge stage {args.judge_epochs} epochs (lr 3e-3); policy stage {args.policy_epochs} epochs, lr "
+        f"{args.policy_lr}, G {args.group_size}, ppo_epochs {args.ppo_epochs} x {args.num_minibatches} "
+        f"minibatches, anchor weight {args.anchor_weight}; {args.num_users} users, {args.num_items} items"
+    )
     # One thread: the models are tiny, and on a shared machine two OpenMP threads mostly spin.
     torch.set_num_threads(1)
-
-    begin = time.perf_counter()
+    rows: dict[str, dict[str, Any]] = {
+        "warm start": {"mode": "warm_start"},
+        "business_only": {"mode": "business_only"},
+        **{
+            f"reward_sum w={w:g}": {"mode": "reward_sum", "semantic_weight": w}
+            for w in args.reward_sum_weights
+        },
+        "adv_sum": {"mode": "adv_sum"},
+        "A2PO": {"mode": "a2po"},
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        source = SyntheticReviews(num_users=args.num_users, num_items=args.num_items, cache_dir=str(workdir))
-        data = SequentialRecDataModule(
-            source=source, cache_dir=str(workdir), batch_size=64, eval_batch_size=512
+        experiment = Experiment(args, Path(tmp))
+        bids = item_bids([None if p != p else float(p) for p in experiment.data.data.item_price.tolist()])
+        bench.info |= {"data": experiment.data.data.stats(), "mean_bid": float(bids[1:].mean())}
+        result = bench.run(rows=rows, trial=experiment.trial)
+    report_targets(result)
+
+
+def report_targets(result: dict[str, Any]) -> None:
+    """Item 4's targets, from the per-seed test metrics (paired, same seeds and starts)."""
+    rows = result["rows"]
+    if "A2PO" not in rows or "business_only" not in rows:
+        return
+
+    def per_seed(row: str, metric: str) -> list[float]:
+        return [entry["test"][metric] for entry in rows[row]["per_seed"]]
+
+    a2po_hr, start_hr = per_seed("A2PO", "hr@10"), per_seed("warm start", "hr@10")
+    relative_hr = statistics.fmean(a2po_hr) / statistics.fmean(start_hr) - 1
+    lines = []
+    for metric, other in (
+        ("ecpm@10", "warm start"),
+        ("ecpm@10", "business_only"),
+        ("judge@10", "warm start"),
+    ):
+        interval = paired_interval(per_seed("A2PO", metric), per_seed(other, metric))
+        verdict = (
+            "within noise" if interval["within_noise"] else ("met" if interval["mean"] > 0 else "MISSED")
         )
-        bids = item_bids([None if p != p else float(p) for p in data.data.item_price.tolist()])
-        if args.reward_sum_weight is None:
-            args.reward_sum_weight = float(bids[1:].mean())
-        print(f"data: {data.data.stats()}; mean bid {float(bids[1:].mean()):.2f}; reward_sum weight "
-              f"{args.reward_sum_weight:.2f}", flush=True)  # fmt: skip
-        evidence = load_evidence()
-        runs = [run_seed(seed, data, evidence, args, workdir) for seed in args.seeds]
-
-    rows = ["judge stage (start)", *MODES]
-    print(f"\nS-GRec ablation, synthetic catalogue ({args.num_users} users, {args.num_items} items), "
-          f"seeds {args.seeds}, mean ± std; wall time {time.perf_counter() - begin:.0f} s")  # fmt: skip
-    print("| row | " + " | ".join(METRICS) + " |")
-    print("|---|" + "---|" * len(METRICS))
-    for row in rows:
-        cells = [mean_std([run[row][key] for run in runs]) for key in METRICS.values()]
-        print(f"| {row} | " + " | ".join(cells) + " |")
-    auc = [run["judge stage (start)"]["test/judge_pair_auc"] for run in runs]
-    accuracy = [run["judge stage (start)"]["test/judge_pointwise_accuracy"] for run in runs]
-    print(f"judge on held-out pairs: pairwise AUC {mean_std(auc)}, pointwise accuracy {mean_std(accuracy)}")
-
-    print("\nPaired differences to business_only (same seed, same start), mean ± std:")
-    for mode in MODES[1:]:
-        cells = [
-            f"{name} {mean_std([run[mode][key] - run['business_only'][key] for run in runs])}"
-            for name, key in METRICS.items()
-        ]
-        print(f"  {mode:10s} " + "  ".join(cells))
-
-    def values(row: str, key: str) -> list[float]:
-        return [run[row][key] for run in runs]
-
-    ecpm, judge = METRICS["eCPM@10"], METRICS["judge@10"]
-    business_ecpm = values("business_only", ecpm)
-    spread = statistics.stdev(business_ecpm) if len(runs) > 1 else 0.0
-    a2po_ok = statistics.fmean(values("a2po", ecpm)) >= statistics.fmean(business_ecpm) - spread
-    judge_ok = statistics.fmean(values("a2po", judge)) > statistics.fmean(values("business_only", judge))
-    collapse = statistics.fmean(values("reward_sum", ecpm)) < statistics.fmean(business_ecpm) - spread
-    print(f"\ntarget: A2PO eCPM >= business-only - seed std: {'met' if a2po_ok else 'MISSED'}; "
-          f"A2PO judge score > business-only: {'met' if judge_ok else 'MISSED'}; "
-          f"reward_sum eCPM < business-only - seed std: {'met' if collapse else 'MISSED'}")  # fmt: skip
+        lines.append(
+            f"A2PO - {other} on {metric}: {interval['mean']:+.4f} "
+            f"[{interval['low']:+.4f}, {interval['high']:+.4f}] over {interval['n']} seeds: {verdict}"
+        )
+    lines.append(f"A2PO HR@10 relative to the warm start: {100 * relative_hr:+.1f}% (target >= -2%)")
+    print("\n".join(["", "Targets (paired over seeds; test metrics):", *lines]))
 
 
 if __name__ == "__main__":

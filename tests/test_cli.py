@@ -128,3 +128,64 @@ def test_diffureason_ablation_files_stack_on_a_config(row, switches, tmp_path, m
                           subclass_mode_data=True, run=False, args=arguments)  # fmt: skip
     model = cli.model
     assert (model.thinking is not None, model.diffusion is not None, model.use_grpo) == switches
+
+
+def test_predict_writes_raw_ids_from_a_checkpoint_or_a_saved_model(tmp_path, monkeypatch, data_cache):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
+    fit = run_cli(["fit", "--config", CONFIG, *SMALL])
+    fit.model.save_pretrained(tmp_path / "saved")
+    checkpoint = tmp_path / "outputs" / "sasrec-synthetic" / "checkpoints" / "best.ckpt"
+    runs = {
+        "ckpt": ["--ckpt_path", str(checkpoint)],
+        "saved": ["--model.init_args.pretrained", "saved"],
+    }
+    written = {}
+    for name, source in runs.items():
+        output = ["--recommend.output_path", f"{name}.jsonl", "--recommend.k", "4"]
+        run_cli(["predict", "--config", CONFIG, *SMALL, *source, *output])
+        written[name] = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    data = fit.datamodule.data
+    assert [line["user_id"] for line in written["ckpt"]] == data.user_ids  # raw ids, every user once
+    saved = torch.load(checkpoint, weights_only=True)  # ExactResume's states load without unpickling
+    assert any(key.startswith("ExactResume") for key in saved["callbacks"])  # every CLI run resumes exactly
+    model = fit.model.eval()
+    model.load_state_dict(saved["state_dict"])
+    for user, line in zip(data.user_ids[:10], written["ckpt"], strict=False):
+        u = data.user_ids.index(user)
+        history = [data.item_ids[i] for i in data.items[data.offsets[u] : data.offsets[u + 1]]]
+        assert line["items"] == model.recommend_items(history, k=4)
+    # The saved model holds the fitted (last) weights, the checkpoint the best ones: one epoch, the same.
+    assert [line["items"] for line in written["saved"]] == [line["items"] for line in written["ckpt"]]
+
+
+def test_push_with_config_refuses_a_pickled_checkpoint(tmp_path, monkeypatch, data_cache):
+    import pickle
+
+    from lightning_rec.cli import main
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "unpickled",))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
+    torch.save({"state_dict": {}, "payload": Exploit()}, tmp_path / "hostile.ckpt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        main(
+            [
+                "push",
+                "--ckpt_path",
+                "hostile.ckpt",
+                "--repo_id",
+                "org/x",
+                "--token",
+                "t",
+                "--config",
+                CONFIG,
+                *SMALL,
+            ]
+        )
+    assert not (tmp_path / "unpickled").exists()

@@ -15,6 +15,7 @@ paper releases no code; this head follows DiffuRec (arXiv 2304.00686) and DreamR
 Axis legend:
     b  batch
     k  thought tokens (the condition; the last one is the intent hypothesis)
+    c  condition width (d unless ``condition_size`` says otherwise)
     d  hidden size
     s  reverse transitions of a strided schedule (s + 1 timesteps, the last one 0)
     n  tokens of the transformer denoiser (1 + k)
@@ -191,7 +192,7 @@ class TransformerDenoiser(nn.Module):
 
 
 class DiffusionHead(HubMixin, nn.Module):
-    """Conditional diffusion over a d-vector, conditioned on thought tokens `b k d` (DiffuReason,
+    """Conditional diffusion over a d-vector, conditioned on thought tokens `b k c` (DiffuReason,
     arXiv 2602.09744, Diffuse stage; after DiffuRec and DreamRec).
 
     The denoiser predicts x0 (the x0-parameterisation of DiffuRec/DreamRec) as
@@ -204,8 +205,19 @@ class DiffusionHead(HubMixin, nn.Module):
     degrades a trained or jointly trained Think stage, and training only has to learn a correction
     (the same reason as adaLN-zero in DiT and zero-init residual branches).
 
+    A condition of another width c (a user's encoder of width 48 feeding a head of width 32) is
+    first mapped to d by a learned ``condition_projection`` (Linear c -> d), and the formula above
+    reads the projected condition; with c = d there is no projection, and the residual start is
+    the condition itself.
+
+    The reverse process starts from the intent hypothesis (the thought-conditioned start, see
+    `sample`): x_{t_S} = sqrt(a_{t_S}) h0 + sqrt(1 - a_{t_S}) eps, and `forward` takes eps = 0. One start
+    serves training and inference alike: a caller that ranks with `forward` in its training loss
+    trains exactly the process it serves.
+
     Args:
-        hidden_size: d, of the diffused vector and of each thought token.
+        hidden_size: d, of the diffused vector (and of each thought token unless ``condition_size``).
+        condition_size: c, the width of the thought tokens; None (or d) means d.
         num_steps: T, diffusion steps of the training schedule (timesteps 1..T; 0 is clean).
         sampling_steps: default number of reverse steps of `sample` (DDIM-strided), <= T.
         schedule: "linear" (DDPM) or "cosine" (Nichol & Dhariwal) beta schedule.
@@ -220,8 +232,8 @@ class DiffusionHead(HubMixin, nn.Module):
     Latents, the schedule, the reverse-step arithmetic and the log-probs are float32 whatever the
     autocast dtype; only the denoiser's layers run in the autocast dtype.
 
-    forward: condition `b k d` -> deterministic sample x0 `b d` (eta = 0, `sampling_steps`, a
-    generator seeded with 0 on the condition's device).
+    forward: condition `b k c` -> deterministic sample x0 `b d` (eta = 0, `sampling_steps`, zero
+    start noise).
     """
 
     betas: Tensor
@@ -238,9 +250,15 @@ class DiffusionHead(HubMixin, nn.Module):
         dropout: float = 0.1,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        condition_size: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("hidden_size", hidden_size), ("num_steps", num_steps)):
+        condition_size = hidden_size if condition_size is None else condition_size
+        for name, value in (
+            ("hidden_size", hidden_size),
+            ("num_steps", num_steps),
+            ("condition_size", condition_size),
+        ):
             if value < 1:
                 raise ValueError(f"DiffusionHead: {name} must be >= 1, got {value}")
         if not 1 <= sampling_steps <= num_steps:
@@ -257,8 +275,14 @@ class DiffusionHead(HubMixin, nn.Module):
                 f"beta_end={beta_end}"
             )
         self.hidden_size = hidden_size
+        self.condition_size = condition_size
         self.num_steps = num_steps
         self.sampling_steps = sampling_steps
+        # Only when the widths differ: with c = d the residual x0_hat = h0 + correction starts at
+        # the thought itself, which a projection (even an identity-initialised one) would let drift.
+        self.condition_projection = (
+            nn.Linear(condition_size, hidden_size) if condition_size != hidden_size else None
+        )
         betas, alphas_cumprod = beta_schedule(schedule, num_steps, beta_start, beta_end)
         # Not persistent: a function of the constructor arguments, rebuilt on load.
         self.register_buffer("betas", betas.float(), persistent=False)
@@ -297,11 +321,12 @@ class DiffusionHead(HubMixin, nn.Module):
         return alpha_cumprod.sqrt() * x0.float() + (1 - alpha_cumprod).sqrt() * noise.float()
 
     def predict_x0(self, x_t: Tensor, t: Tensor, condition: Tensor) -> Tensor:
-        """x_t `b d`, t `b` long in 0..T, condition `b k d` -> x0_hat `b d` (float32).
+        """x_t `b d`, t `b` long in 0..T, condition `b k c` -> x0_hat `b d` (float32).
 
-        `x0_hat = condition[:, -1] + correction`; equal to `condition[:, -1]` at init.
+        `x0_hat = condition[:, -1] + correction` (the projected condition when c != d); equal to
+        `condition[:, -1]` at init.
         """
-        self._check_condition(condition)
+        condition = self._projected(condition)
         self._check_vectors("x_t", x_t, condition.shape[0])
         self._check_timesteps(t, condition.shape[0])
         return self._predict_x0(x_t, t, condition)
@@ -315,9 +340,9 @@ class DiffusionHead(HubMixin, nn.Module):
         """Diffusion loss: t ~ U{1..T}, x_t = q_sample(x0, t, eps), mean over the batch of
         `||x0_hat - x0||^2 / d` (MSE on x0, DiffuRec/DreamRec's x0-parameterised DDPM objective).
 
-        x0 `b d` (the target; detach it upstream for a stop-gradient), condition `b k d` -> scalar.
+        x0 `b d` (the target; detach it upstream for a stop-gradient), condition `b k c` -> scalar.
         """
-        self._check_condition(condition)
+        condition = self._projected(condition)
         self._check_vectors("x0", x0, condition.shape[0])
         batch = x0.shape[0]
         t = torch.randint(1, self.num_steps + 1, (batch,), generator=generator, device=x0.device)
@@ -350,40 +375,40 @@ class DiffusionHead(HubMixin, nn.Module):
         eta = 0 is deterministic DDIM; eta = 1 with steps = T is DDPM's ancestral sampler (posterior
         mean and variance). The last step (to t = 0) is deterministic for every eta.
 
-        Start: without `x_start`, x_{t_S} ~ N(0, I); with it, x_{t_S} = q_sample(x_start, t_S, noise)
-        (SDEdit-style: start from a guess, noised to `strength` in (0, 1] of the schedule).
-        `start_noise` `b d` replaces the first draw (zeros: start from the prior's mean). Every draw
-        uses `generator`, so a generator state fixes the result.
+        Start (thought-conditioned): x_{t_S} = q_sample(x_start, t_S, start_noise), the forward
+        process's marginal around a guess of x0, SDEdit-style. The guess `x_start` defaults to the
+        intent hypothesis (the projected `condition[:, -1]`), the x0 that the residual denoiser
+        predicts at init, so the chain starts where its own prediction says the data is; `strength`
+        < 1 starts it lower in the schedule. `start_noise` `b d` defaults to zeros: the marginal's
+        mean, so every caller (the training loss, inference, a GRPO rollout) starts from the same
+        point and a stochastic sample differs from the served one only by its eta > 0 transitions.
+        Pass `start_noise=torch.randn(...)` for a noise-started chain. Every draw uses `generator`,
+        so a generator state fixes the result.
 
         Each sampled x_{t_{i+1}} is an action (DDPO): the step's input x_{t_i} is detached, and
         `log_probs[:, i]` is the density of the detached action under the step's mean, so gradient
-        reaches the denoiser parameters and the condition through the mean only.
+        reaches the denoiser parameters and the condition through the mean only. The start is no
+        action: it carries no log-probability.
 
-        condition `b k d`, x_start `b d` -> DiffusionSample (x0 `b d`, trajectory `b (s+1) d`,
+        condition `b k c`, x_start `b d` -> DiffusionSample (x0 `b d`, trajectory `b (s+1) d`,
         timesteps `(s+1)`, log_probs `b s` or None when eta = 0).
         """
-        self._check_condition(condition)
+        condition = self._projected(condition)
         if not 0 <= eta <= 1:
             raise ValueError(f"DiffusionHead.sample: eta must be in [0, 1], got {eta}")
-        if x_start is None and strength != 1.0:
-            raise ValueError(
-                f"DiffusionHead.sample: strength={strength} needs x_start (pure noise starts at t = T)"
-            )
         schedule = self._strided_timesteps(self.sampling_steps if steps is None else steps, strength)
         batch, device = condition.shape[0], condition.device
         if start_noise is None:
-            noise = torch.randn(
-                batch, self.hidden_size, generator=generator, device=device, dtype=torch.float32
-            )
+            noise = torch.zeros(batch, self.hidden_size, device=device, dtype=torch.float32)
         else:
             self._check_vectors("start_noise", start_noise, batch)
             noise = start_noise.float()
         if x_start is None:
-            x_t = noise
+            x_start = condition[:, -1]
         else:
             self._check_vectors("x_start", x_start, batch)
-            start = torch.full((batch,), schedule[0], dtype=torch.long, device=device)
-            x_t = self._q_sample(x_start.detach(), start, noise)
+        start = torch.full((batch,), schedule[0], dtype=torch.long, device=device)
+        x_t = self._q_sample(x_start.detach(), start, noise)
         latents, log_probs = [x_t], []
         for t, t_prev in itertools.pairwise(schedule):
             # Only the last step's mean (x0) and, for eta > 0, every step's density carry gradient;
@@ -423,10 +448,10 @@ class DiffusionHead(HubMixin, nn.Module):
         rounding and dropout in train mode), batched over the s steps in one denoiser call: what
         PPO's ratio needs when it updates several times on one batch of samples.
 
-        condition `b k d`, trajectory `b (s+1) d`, timesteps `(s+1)` long (as returned by `sample`),
+        condition `b k c`, trajectory `b (s+1) d`, timesteps `(s+1)` long (as returned by `sample`),
         eta in (0, 1] -> `b s` (0 at deterministic transitions).
         """
-        self._check_condition(condition)
+        condition = self._projected(condition)
         if not 0 < eta <= 1:
             raise ValueError(
                 "DiffusionHead.trajectory_log_probs: eta must be in (0, 1] (eta = 0 has no density), "
@@ -457,14 +482,14 @@ class DiffusionHead(HubMixin, nn.Module):
         return rearrange(log_probs, "(b s) -> b s", b=batch)
 
     def forward(self, condition: Tensor) -> Tensor:
-        """condition `b k d` -> x0 `b d`: deterministic DDIM (eta = 0) over `sampling_steps` steps,
-        started at the prior's mean (zero noise).
+        """condition `b k c` -> x0 `b d`: deterministic DDIM (eta = 0) over `sampling_steps` steps,
+        from the mean of the thought-conditioned start (x_{t_S} = sqrt(a_{t_S}) h0, zero noise).
 
         No random draw at all, so a row's result depends on its condition only: not on the batch
-        it is in, the process that scores it under DDP, or any random state.
+        it is in, the process that scores it under DDP, or any random state. Use it for the ranking
+        loss in training as well as for inference: then both run the same process from the same start.
         """
-        start = condition.new_zeros(condition.shape[0], self.hidden_size, dtype=torch.float32)
-        return self.sample(condition, start_noise=start).x0
+        return self.sample(condition).x0
 
     def _reverse_step(
         self, x_t: Tensor, t: Tensor, t_prev: Tensor, condition: Tensor, eta: float
@@ -509,12 +534,15 @@ class DiffusionHead(HubMixin, nn.Module):
         return [round(start - i * spacing) for i in range(steps)] + [0]
 
     # ------------------------------------------------------------------ input checks
-    def _check_condition(self, condition: Tensor) -> None:
-        if condition.dim() != 3 or condition.shape[1] < 1 or condition.shape[2] != self.hidden_size:
+    def _projected(self, condition: Tensor) -> Tensor:
+        """Check a condition `b k c` and map it to the head's width: `b k d`."""
+        if condition.dim() != 3 or condition.shape[1] < 1 or condition.shape[2] != self.condition_size:
             raise ValueError(
-                f"DiffusionHead: condition must have shape (b, k >= 1, d={self.hidden_size}), "
-                f"got {tuple(condition.shape)}"
+                f"DiffusionHead: condition must have shape (b, k >= 1, c={self.condition_size}), "
+                f"got {tuple(condition.shape)}; a condition of another width needs "
+                "DiffusionHead(condition_size=c)"
             )
+        return condition if self.condition_projection is None else self.condition_projection(condition)
 
     def _check_vectors(self, name: str, vectors: Tensor, batch: int | None = None) -> None:
         if (

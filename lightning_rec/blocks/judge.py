@@ -25,8 +25,10 @@ Axis legend:
     t  texts or prompts
     g  weight vectors sampled per pair (pairwise GRPO)
 
-Backends hold a pretrained model handed to them and never read files; the module that uses the judge
-loads the model (``lightning_rec.modules.SGRec``).
+Backends hold a pretrained model handed to them and never read files; whoever uses the judge loads
+the model. The judge stands alone: :meth:`PersonalizedSemanticJudge.score_texts` scores (user history
+texts, candidate text) pairs through any backend, cached by :class:`CachedEvidence`; no datamodule
+is involved (``lightning_rec.modules.SGRec`` only adds the training loop).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
@@ -43,14 +46,18 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
+from lightning_rec.data.score_cache import ScoreCache
 from lightning_rec.hub.mixin import HubMixin
-from lightning_rec.objectives.grpo import clipped_policy_loss, group_advantages
+from lightning_rec.objectives.grpo import group_advantages
+from lightning_rec.objectives.ppo import ppo_loss
+from lightning_rec.objectives.rollout import Rollout
 
 __all__ = [
     "ASPECTS",
     "DEFAULT_ASPECT_PROMPTS",
     "AspectEvidence",
     "AspectName",
+    "CachedEvidence",
     "EmbeddingAspectEvidence",
     "ItemText",
     "LLMAspectEvidence",
@@ -118,6 +125,16 @@ class UserContext:
     def categories(self) -> list[str]:
         """Distinct categories of the history, sorted (the "seen categories" view)."""
         return sorted({item.category for item in self.history if item.category})
+
+    @classmethod
+    def of(cls, history: Sequence[ItemText | str], situation: str = "") -> UserContext:
+        """The context of a history (oldest first; a plain string is a title), keyed by a digest of its
+        texts and situation, so that equal histories share their cached scores."""
+        items = tuple(item if isinstance(item, ItemText) else ItemText(item) for item in history)
+        text = "\x1e".join(item.text for item in items) + "\x1d" + situation
+        return cls(
+            key=hashlib.blake2b(text.encode(), digest_size=12).hexdigest(), history=items, situation=situation
+        )
 
 
 class AspectEvidence(Protocol):
@@ -447,6 +464,76 @@ class LLMAspectEvidence:
         return torch.cat(features) if features else torch.empty(0, self.feature_size)
 
 
+class CachedEvidence:
+    """Stage A computed once per (context, candidate): any backend behind two score caches.
+
+    Itself an :class:`AspectEvidence` (same aspects, version and feature size as ``backend``), so it
+    stands wherever a backend does. Only what the caches miss is computed, grouped into one backend call
+    per number of missing candidates per context. Keys: the context's ``key`` and the item's text.
+
+    Args:
+        backend: the stage-A backend (embedding or LLM).
+        directory: folder of the cache files (one per what is cached and backend version); None keeps
+            the scores in memory only.
+    """
+
+    def __init__(self, backend: AspectEvidence, directory: str | Path | None = None) -> None:
+        self.backend = backend
+        self.aspects = tuple(backend.aspects)
+        self.aspect_cache = ScoreCache(len(self.aspects), backend.version, directory, name="aspects")
+        self.feature_cache = ScoreCache(
+            backend.feature_size, backend.version, directory, name="user_features"
+        )
+
+    @property
+    def version(self) -> str:
+        return self.backend.version
+
+    @property
+    def feature_size(self) -> int:
+        return self.backend.feature_size
+
+    def user_features(self, contexts: Sequence[UserContext]) -> Tensor:
+        """`b` contexts -> user features `b u` (cached by context key)."""
+        keys = [context.key for context in contexts]
+        return self.feature_cache.get_or_compute(
+            keys, [""] * len(keys), lambda missing: self.backend.user_features([contexts[p] for p in missing])
+        )
+
+    def score(self, contexts: Sequence[UserContext], candidates: Sequence[Sequence[ItemText]]) -> Tensor:
+        """`b` contexts with `c` candidates each -> aspect evidence `b c m` (cached by context and item)."""
+        c = _check_candidates(contexts, candidates)
+        users = [context.key for context in contexts for _ in range(c)]
+        items = [item.text for row in candidates for item in row]
+
+        def compute(missing: list[int]) -> Tensor:
+            by_row: dict[int, list[int]] = {}
+            for position in missing:
+                by_row.setdefault(position // c, []).append(position)
+            by_count: dict[int, list[int]] = {}
+            for row, positions in by_row.items():
+                by_count.setdefault(len(positions), []).append(row)
+            scores = torch.empty(len(missing), len(self.aspects))
+            slot = {position: index for index, position in enumerate(missing)}
+            for rows in by_count.values():
+                row_positions = [by_row[row] for row in rows]
+                evidence = self.backend.score(
+                    [contexts[row] for row in rows],
+                    [[candidates[p // c][p % c] for p in positions] for positions in row_positions],
+                )
+                for row_evidence, positions in zip(evidence, row_positions, strict=True):
+                    scores[[slot[p] for p in positions]] = row_evidence
+            return scores
+
+        evidence = self.aspect_cache.get_or_compute(users, items, compute)
+        return evidence.reshape(len(contexts), c, len(self.aspects))
+
+    def save(self) -> None:
+        """Write both caches to ``directory`` (a no-op in memory or when nothing is new)."""
+        self.aspect_cache.save()
+        self.feature_cache.save()
+
+
 class PersonalizedSemanticJudge(HubMixin, nn.Module):
     """Stage B of the PSJ: user-conditional aspect weights and the holistic score (arXiv 2602.10606).
 
@@ -463,7 +550,8 @@ class PersonalizedSemanticJudge(HubMixin, nn.Module):
       ``1[w_k^T s(a_i) > w_k^T s(a_j)]``; GRPO's group advantages and clipped surrogate update it.
 
     ``threshold`` (a buffer, fitted by :meth:`fit_threshold`) turns ``s_hol`` into a pointwise
-    "relevant" decision for the pointwise accuracy.
+    "relevant" decision for the pointwise accuracy. ``feature_mean`` and ``feature_scale`` (buffers,
+    fitted by :meth:`fit_feature_normalisation` before training) normalise the MLP's input.
 
     Args:
         user_dim: u, the size of the user features (384 for MiniLM, the LM's hidden size for an LLM).
@@ -507,6 +595,9 @@ class PersonalizedSemanticJudge(HubMixin, nn.Module):
         nn.init.zeros_(self.aggregator[-1].bias)
         self.log_scale = nn.Parameter(torch.tensor(math.log(4.0)))
         self.register_buffer("threshold", torch.tensor(0.5))
+        # Fitted by fit_feature_normalisation; identity until then.
+        self.register_buffer("feature_mean", torch.zeros(user_dim))
+        self.register_buffer("feature_scale", torch.tensor(1.0))
 
     @classmethod
     def hub_example(cls) -> tuple[PersonalizedSemanticJudge, tuple[Tensor, Tensor]]:
@@ -527,7 +618,8 @@ class PersonalizedSemanticJudge(HubMixin, nn.Module):
             raise ValueError(
                 f"user_features must have shape (b, {self.user_dim}), got {tuple(user_features.shape)}"
             )
-        return self.aggregator(user_features.float()).softmax(dim=-1)
+        normalised = (user_features.float() - self.feature_mean) / self.feature_scale
+        return self.aggregator(normalised).softmax(dim=-1)
 
     def forward(self, user_features: Tensor, aspect_scores: Tensor) -> Tensor:
         """User features `b u` and evidence `b c m` -> holistic scores `b c` in [0, 1]."""
@@ -541,7 +633,7 @@ class PersonalizedSemanticJudge(HubMixin, nn.Module):
 
         Returns the scalar loss of ``objective`` and detached diagnostics: "pair_accuracy" (share of
         pairs the deterministic w(x) orders right), "scale" (beta), and for pairwise GRPO the
-        diagnostics of :func:`~lightning_rec.objectives.clipped_policy_loss` and "reward_mean".
+        diagnostics of :func:`~lightning_rec.objectives.ppo_loss` and "reward_mean".
         """
         self._check_evidence(preferred_scores, len(user_features), dims=2)
         self._check_evidence(other_scores, len(user_features), dims=2)
@@ -554,17 +646,86 @@ class PersonalizedSemanticJudge(HubMixin, nn.Module):
         }
         if self.objective == "bradley_terry":
             return -F.logsigmoid(self.log_scale.exp() * margin).mean(), diagnostics
-        policy = torch.distributions.Dirichlet(self.concentration * weights)
-        sampled = policy.sample((self.group_size,))  # (g b m)
-        log_probs = rearrange(policy.log_prob(sampled), "g b -> b g")
-        rewards = (torch.einsum("gbm,bm->bg", sampled, difference) > 0).float()
-        advantages = group_advantages(rewards)
-        loss, grpo_diagnostics = clipped_policy_loss(
-            rearrange(log_probs, "b g -> (b g) 1"),
-            rearrange(log_probs, "b g -> (b g) 1"),  # on-policy: one update per sample, ratio 1
-            rearrange(advantages, "b g -> (b g)"),
+        # One on-policy GRPO update (ppo_epochs = 1: the rollout's stored log-probs equal the current ones).
+        rollout, sampled, rewards = self.weight_rollout(user_features, preferred_scores, other_scores)
+        log_probs = self.weight_log_probs(user_features, sampled)
+        loss, grpo_diagnostics = ppo_loss(
+            rearrange(log_probs, "b g 1 -> (b g) 1"),
+            rearrange(rollout.old_log_probs, "b g 1 -> (b g) 1"),
+            rearrange(group_advantages(rewards), "b g -> (b g)"),
         )
         return loss, diagnostics | grpo_diagnostics | {"reward_mean": rewards.mean()}
+
+    @torch.no_grad()
+    def weight_rollout(
+        self, user_features: Tensor, preferred_scores: Tensor, other_scores: Tensor
+    ) -> tuple[Rollout, Tensor, Tensor]:
+        """The paper's pairwise GRPO as a rollout of the RL core: G weight vectors per pair from the
+        Dirichlet policy with mean w(x), rewarded 1 when they order the pair right.
+
+        Features `b u`, evidence `b m` of the preferred and the other item -> the rollout (old log-probs
+        `b g 1`), the sampled weights `b g m` and the rewards `b g`. For several PPO epochs, pass
+        ``group_advantages(rewards)`` to :func:`~lightning_rec.objectives.rollout.ppo_update` with an
+        ``evaluate`` returning ``PolicyEvaluation(judge.weight_log_probs(features[groups],
+        sampled[groups]))``.
+        """
+        policy = torch.distributions.Dirichlet(self.concentration * self.weights(user_features))
+        sampled = rearrange(policy.sample((self.group_size,)), "g b m -> b g m")
+        difference = preferred_scores.float() - other_scores.float()  # (b m)
+        rewards = (torch.einsum("bgm,bm->bg", sampled, difference) > 0).float()
+        log_probs = self.weight_log_probs(user_features, sampled)
+        return (
+            Rollout(old_log_probs=log_probs, mask=torch.ones_like(log_probs, dtype=torch.bool)),
+            sampled,
+            rewards,
+        )
+
+    def weight_log_probs(self, user_features: Tensor, sampled: Tensor) -> Tensor:
+        """Log-density `b g 1` of sampled weight vectors `b g m` under the current Dirichlet policy."""
+        policy = torch.distributions.Dirichlet(self.concentration * self.weights(user_features))
+        log_probs = policy.log_prob(rearrange(sampled, "b g m -> g b m"))  # (g b)
+        return rearrange(log_probs, "g b -> b g 1")
+
+    @torch.no_grad()
+    def score_texts(
+        self,
+        evidence: AspectEvidence,
+        contexts: Sequence[UserContext],
+        candidates: Sequence[Sequence[ItemText]],
+    ) -> Tensor:
+        """The holistic score `b c` of `c` candidates for each of `b` user contexts, from texts alone.
+
+        ``evidence`` is any stage-A backend (wrap it in :class:`CachedEvidence` to compute each pair once)::
+
+            judge = PersonalizedSemanticJudge.from_pretrained("org/sgrec-judge")   # or a trained instance
+            evidence = CachedEvidence(EmbeddingAspectEvidence(minilm, tokenizer))
+            context = UserContext.of(["Acme Pro Tent (Tent)", "Stark Eco Lamp (Lamp)"])
+            judge.score_texts(evidence, [context], [[ItemText("Hooli Smart Drone", "Drone")]])
+        """
+        _check_candidates(contexts, candidates)
+        device = self.threshold.device
+        features = evidence.user_features(contexts).to(device)
+        return self(features, evidence.score(contexts, candidates).to(device))
+
+    @torch.no_grad()
+    def fit_feature_normalisation(self, user_features: Tensor) -> None:
+        """Centre the user features `b u` on their mean and scale them to unit mean variance per dimension.
+
+        Sentence embeddings of users share a large common component; on raw features the MLP sees
+        mostly that, gives every user the same weights and saturates its softmax on one aspect before
+        the users' differences can move it (measured on the synthetic catalogue with novelty-seeking
+        and loyal users: held-out pairwise AUC 0.71 raw, as a global weight vector, against 0.77
+        normalised). One scale for all dimensions, not one per dimension: 384 per-dimension scales fitted
+        on a few hundred users overfit."""
+        if user_features.dim() != 2 or user_features.shape[1] != self.user_dim or len(user_features) < 2:
+            raise ValueError(
+                f"user_features must have shape (b, {self.user_dim}) with b >= 2, "
+                f"got {tuple(user_features.shape)}"
+            )
+        features = user_features.float().to(self.feature_mean.device)
+        mean = features.mean(dim=0)
+        self.feature_mean.copy_(mean)
+        self.feature_scale.fill_(float((features - mean).pow(2).mean().sqrt().clamp(min=1e-6)))
 
     @torch.no_grad()
     def fit_threshold(self, preferred_holistic: Tensor, other_holistic: Tensor) -> None:

@@ -4,12 +4,16 @@ FlyPrompt (arXiv 2602.01976) trains no backbone weight: each expert is a set of 
 inserted at chosen blocks of a frozen ViT (20 tokens at each of blocks 0-4 in the official code).
 At every prompted block the expert's tokens are appended after the sequence, the block runs, and
 they are removed again, so each block sees fresh prompts and the output keeps the input's length.
+As in the official code (``prompts + backbone.pos_embed[:, :1, :]``), every prompt token first gets
+the position embedding of the CLS token (position 0) added; ``add_cls_position=False`` inserts the
+raw prompts.
 
 This works on any Hugging Face encoder whose blocks are an ``nn.ModuleList`` called as
 ``layer(hidden_states, attention_mask, ...)`` (ViT, DeiT, BERT, MiniLM, RoBERTa, ...): a forward
 pre-hook appends the prompts (and extends the attention mask so every token may attend to them) and
 a forward hook removes them. The backbone is built from its config (weights are loaded by the
-caller, e.g. :class:`~lightning_rec.modules.FlyPrompt`), frozen, and kept in eval mode (no dropout).
+caller, e.g. :class:`~lightning_rec.modules.FlyPrompt`) or wraps a model instance with its weights
+(:meth:`DeepPrompts.from_model`), frozen, and kept in eval mode (no dropout).
 
 Axis legend:
     b  batch
@@ -49,6 +53,12 @@ class DeepPrompts(HubMixin, nn.Module):
         prompt_layers: indices of the blocks that receive prompts.
         pooling: ``"cls"`` (the first token, ViT's and FlyPrompt's choice) or ``"mean"`` (the mean
             over real tokens, as sentence-transformers pools MiniLM).
+        add_cls_position: add the backbone's position-0 (CLS) position embedding to every prompt
+            token (the official code); ``False`` inserts the prompts as they are.
+        add_pooling_layer: build the encoder with its pooler (unused here; ``False`` matches the
+            encoder inside a task model such as ``ViTForImageClassification``, which has none).
+        backbone: an existing encoder to wrap instead of building one from ``backbone_config``
+            (use :meth:`from_model`).
 
     Parameters: ``prompts (e l p d)``, initialised uniformly in [0, 1) as in the official code.
     """
@@ -60,6 +70,9 @@ class DeepPrompts(HubMixin, nn.Module):
         prompt_length: int = 20,
         prompt_layers: Sequence[int] = (0, 1, 2, 3, 4),
         pooling: Pooling = "cls",
+        add_cls_position: bool = True,
+        add_pooling_layer: bool = True,
+        backbone: nn.Module | None = None,
     ) -> None:
         super().__init__()
         backbone_config = dict(backbone_config or {"model_type": "vit"})
@@ -78,8 +91,13 @@ class DeepPrompts(HubMixin, nn.Module):
         # Imported here: the package itself must import without the [llm] extra.
         from transformers import AutoConfig, AutoModel
 
-        config = AutoConfig.for_model(**backbone_config)
-        self.backbone = AutoModel.from_config(config)
+        if backbone is None:
+            config = AutoConfig.for_model(**backbone_config)
+            # Passed only when off: encoders without a pooler do not take the argument.
+            pooler = {} if add_pooling_layer else {"add_pooling_layer": False}
+            backbone = AutoModel.from_config(config, **pooler)
+        config = backbone.config
+        self.backbone = backbone
         self.backbone.requires_grad_(False)
         self.backbone.eval()
         layers = _encoder_layers(self.backbone)
@@ -95,6 +113,9 @@ class DeepPrompts(HubMixin, nn.Module):
         self.prompt_length = prompt_length
         self.pooling = pooling
         self.hidden_size = int(config.hidden_size)
+        self.add_cls_position = add_cls_position
+        if add_cls_position:
+            _cls_position_embedding(self.backbone)  # fail now, not at the first forward
         self.prompts = nn.Parameter(
             torch.rand(num_experts, len(self.prompt_layers), prompt_length, self.hidden_size),
             requires_grad=prompt_length > 0,
@@ -104,6 +125,40 @@ class DeepPrompts(HubMixin, nn.Module):
         for slot, index in enumerate(self.prompt_layers):
             layers[index].register_forward_pre_hook(_PromptInsertion(self, slot), with_kwargs=True)
             layers[index].register_forward_hook(_PromptRemoval(self))
+
+    hub_config_exclude = ("backbone",)  # recorded as backbone_config; its weights are in the state dict
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        num_experts: int = 1,
+        prompt_length: int = 20,
+        prompt_layers: Sequence[int] = (0, 1, 2, 3, 4),
+        pooling: Pooling = "cls",
+        add_cls_position: bool = True,
+    ) -> DeepPrompts:
+        """Deep prompts on an existing Hugging Face encoder instance (``ViTModel``, ``BertModel``, or a
+        task model such as ``ViTForImageClassification``, whose base encoder is taken), with its
+        weights: the model is used in place (and frozen), not copied."""
+        encoder = getattr(model, "base_model", model)
+        config = getattr(encoder, "config", None)
+        if config is None or not getattr(config, "model_type", None):
+            raise TypeError(
+                f"from_model needs a Hugging Face model with a config naming its model_type, got "
+                f"{type(model).__name__}"
+            )
+        backbone_config = {**config.to_diff_dict(), "model_type": config.model_type}
+        return cls(
+            backbone_config,
+            num_experts,
+            prompt_length,
+            prompt_layers,
+            pooling,
+            add_cls_position,
+            add_pooling_layer=getattr(encoder, "pooler", None) is not None,
+            backbone=encoder,
+        )
 
     @classmethod
     def hub_example(cls) -> tuple[DeepPrompts, tuple[dict[str, Tensor], Tensor]]:
@@ -127,7 +182,10 @@ class DeepPrompts(HubMixin, nn.Module):
             batch = next(iter(inputs.values())).shape[0]
             if experts.shape != (batch,):
                 raise ValueError(f"experts must have shape ({batch},), got {tuple(experts.shape)}")
-            self._inserted = self.prompts[experts.long()]
+            prompts = self.prompts[experts.long()]  # (b l p d)
+            if self.add_cls_position:
+                prompts = prompts + _cls_position_embedding(self.backbone).to(prompts.dtype)
+            self._inserted = prompts
         try:
             hidden = self.backbone(**inputs).last_hidden_state  # (b n d)
         finally:
@@ -202,6 +260,20 @@ def _extend_mask(mask: Tensor | None, extra: int) -> Tensor | None:
     if q == 1:  # broadcast over queries
         return mask
     return torch.cat([mask, mask.new_full((b, h, extra, k + extra), open_value)], dim=2)
+
+
+def _cls_position_embedding(backbone: nn.Module) -> Tensor:
+    """``(d)``: the position embedding of position 0 (the CLS token's): ViT's learned ``(1 n d)``
+    parameter, or row 0 of BERT-style ``nn.Embedding`` positions."""
+    positions = getattr(getattr(backbone, "embeddings", None), "position_embeddings", None)
+    if isinstance(positions, nn.Embedding):
+        return positions.weight[0]
+    if isinstance(positions, Tensor) and positions.dim() == 3:
+        return positions[0, 0]
+    raise ValueError(
+        f"{type(backbone).__name__} has no learned position embeddings (embeddings.position_embeddings) to "
+        "add to the prompts; use add_cls_position=False"
+    )
 
 
 def _encoder_layers(backbone: nn.Module) -> nn.ModuleList:

@@ -26,7 +26,10 @@ DDP broadcasts rank 0's buffers before every forward, which would overwrite the 
 samples. The totals, the counts and the solution are buffers, saved in Lightning checkpoints and by
 ``save_pretrained``; call :meth:`solve` before saving so that nothing is left pending.
 
-Memory: ``gram`` is ``expand_dim**2`` floats, and up to twice that while samples are pending (plus
+``expand_dim=0`` skips the expansion, as the official code's ``M = 0``: ``phi(h) = h`` (no ReLU), a
+ridge regression on the frozen features themselves (``m = d``).
+
+Memory: ``gram`` is ``m**2`` floats, and up to twice that while samples are pending (plus
 one more copy during a solve). The paper's ``expand_dim=10000`` is 400 MB per copy in fp32; 2048 is
 16 MB. ``expand_dim`` is therefore an argument, and the saved model holds ``gram`` too.
 """
@@ -49,13 +52,15 @@ class RandomExpandedAnalyticRouter(HubMixin, nn.Module):
 
     Args:
         in_dim: size ``d`` of the routed feature (a frozen backbone's pooled output).
-        expand_dim: size ``m`` of the random expansion (see the module docstring for its memory).
+        expand_dim: size ``m`` of the random expansion (see the module docstring for its memory);
+            0 routes on the features themselves.
         num_experts: number of experts ``e`` to route between.
         ridge: the ridge ``lambda`` of the regression (the paper's 1e4).
         seed: seed of the fixed random matrix ``R`` (the same on every rank and every rebuild).
 
-    Buffers: ``projection (d m)``, ``gram (m m)``, ``cross (m e)``, ``expert_counts (e)`` (samples
-    accumulated per expert) and ``solution (m e)`` (``U`` from the last :meth:`solve`).
+    Buffers: ``projection (d m)`` (empty when ``expand_dim=0``), ``gram (m m)``, ``cross (m e)``,
+    ``expert_counts (e)`` (samples accumulated per expert) and ``solution (m e)`` (``U`` from the last
+    :meth:`solve`).
     """
 
     def __init__(
@@ -67,9 +72,11 @@ class RandomExpandedAnalyticRouter(HubMixin, nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("in_dim", in_dim), ("expand_dim", expand_dim), ("num_experts", num_experts)):
+        for name, value in (("in_dim", in_dim), ("num_experts", num_experts)):
             if value < 1:
                 raise ValueError(f"RandomExpandedAnalyticRouter: {name} must be >= 1, got {value}")
+        if expand_dim < 0:
+            raise ValueError(f"RandomExpandedAnalyticRouter: expand_dim must be >= 0, got {expand_dim}")
         if ridge <= 0:
             raise ValueError(f"RandomExpandedAnalyticRouter: ridge must be > 0, got {ridge}")
         self.in_dim = in_dim
@@ -77,11 +84,12 @@ class RandomExpandedAnalyticRouter(HubMixin, nn.Module):
         self.num_experts = num_experts
         self.ridge = ridge
         generator = torch.Generator().manual_seed(seed)
+        size = expand_dim or in_dim
         self.register_buffer("projection", torch.randn(in_dim, expand_dim, generator=generator))
-        self.register_buffer("gram", torch.zeros(expand_dim, expand_dim))
-        self.register_buffer("cross", torch.zeros(expand_dim, num_experts))
+        self.register_buffer("gram", torch.zeros(size, size))
+        self.register_buffer("cross", torch.zeros(size, num_experts))
         self.register_buffer("expert_counts", torch.zeros(num_experts))
-        self.register_buffer("solution", torch.zeros(expand_dim, num_experts))
+        self.register_buffer("solution", torch.zeros(size, num_experts))
         self._pending: tuple[Tensor, Tensor, Tensor] | None = None
 
     @classmethod
@@ -94,13 +102,15 @@ class RandomExpandedAnalyticRouter(HubMixin, nn.Module):
         return router, (torch.randn(5, 6, generator=generator),)
 
     def expand(self, features: Tensor) -> Tensor:
-        """``phi = ReLU(h R)``: features ``(b d)`` -> expanded features ``(b m)``."""
+        """``phi = ReLU(h R)``: features ``(b d)`` -> expanded features ``(b m)`` (``h`` itself when
+        ``expand_dim=0``)."""
         if features.dim() != 2 or features.shape[1] != self.in_dim:
             raise ValueError(
                 f"RandomExpandedAnalyticRouter expects features of shape (b, {self.in_dim}), "
                 f"got {tuple(features.shape)}"
             )
-        return F.relu(features.to(self.projection.dtype) @ self.projection)
+        features = features.to(self.projection.dtype)
+        return F.relu(features @ self.projection) if self.expand_dim else features
 
     @torch.no_grad()
     def accumulate(self, features: Tensor, experts: Tensor) -> None:

@@ -304,8 +304,10 @@ class _TransformerEncoder(SequenceEncoder):
         ffn_size: int,
         activation: type[nn.Module],
         extra_tokens: int,
+        scale_item_embeddings: bool = True,
     ) -> None:
         super().__init__(num_items, hidden_size, max_len, extra_tokens)
+        self.item_scale = math.sqrt(hidden_size) if scale_item_embeddings else 1.0
         self.position_embedding = nn.Embedding(max_len, hidden_size)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
         self.embedding_dropout = nn.Dropout(dropout)
@@ -318,8 +320,9 @@ class _TransformerEncoder(SequenceEncoder):
     def embed(self, input_ids: Tensor, is_item: Tensor) -> Tensor:
         """Item ids `b n` -> layer inputs `b n d`."""
         # Item embeddings scaled by sqrt(d) as in the original SASRec (and the Transformer), so the
-        # item signal is not drowned by the position embedding at init. RecBole does not scale.
-        hidden = self.item_embedding(input_ids) * math.sqrt(self.hidden_size)
+        # item signal is not drowned by the position embedding at init. RecBole does not scale
+        # (`scale_item_embeddings=False`): items and positions then start at the same magnitude.
+        hidden = self.item_embedding(input_ids) * self.item_scale
         hidden = hidden + self.position_embedding(positions_from_end(is_item))
         return self.embedding_dropout(hidden * rearrange(is_item, "b n -> b n 1"))
 
@@ -371,6 +374,8 @@ class SASRec(_TransformerEncoder):
 
     `ffn_multiplier` sets the feed-forward width to `ffn_multiplier * hidden_size`. The paper uses
     1; the default 4 matches RecBole's SASRec (inner_size 256 at d 64), our reference numbers.
+    `scale_item_embeddings=False` drops the sqrt(d) factor on the input item embeddings (RecBole's
+    choice).
 
     forward: item ids `b n` -> hidden states `b n d`.
     """
@@ -386,6 +391,7 @@ class SASRec(_TransformerEncoder):
         num_heads: int = 2,
         dropout: float = 0.2,
         ffn_multiplier: int = 4,
+        scale_item_embeddings: bool = True,
     ) -> None:
         super().__init__(
             num_items,
@@ -397,6 +403,7 @@ class SASRec(_TransformerEncoder):
             ffn_size=ffn_multiplier * hidden_size,
             activation=nn.ReLU,
             extra_tokens=0,
+            scale_item_embeddings=scale_item_embeddings,
         )
 
 

@@ -6,6 +6,7 @@ line and field of a structural error (or skips the line, with ``on_bad_line="ski
 """
 
 from lightning_rec.data.amazon import AmazonReviews
+from lightning_rec.data.item_embeddings import item_text_embeddings
 from lightning_rec.data.labelled import (
     DigitsExamples,
     DiskDatasetExamples,
@@ -31,6 +32,7 @@ from lightning_rec.data.records import (
 )
 from lightning_rec.data.score_cache import ScoreCache
 from lightning_rec.data.streams import (
+    SiBlurrySampler,
     Stream,
     StreamKind,
     build_stream,
@@ -60,6 +62,7 @@ __all__ = [
     "RecBoleAtomic",
     "RecBoleExample",
     "ScoreCache",
+    "SiBlurrySampler",
     "Stream",
     "StreamKind",
     "SyntheticCatalogue",
@@ -74,6 +77,7 @@ __all__ = [
     "fingerprint_files",
     "gaussian_blurry_stream",
     "hold_out",
+    "item_text_embeddings",
     "numbered_lines",
     "open_text",
     "parse_id",

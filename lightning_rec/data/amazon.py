@@ -22,6 +22,7 @@ release       reviews (user, item, rating, time)         meta (id, title, catego
 from __future__ import annotations
 
 import ast
+import html
 import json
 import math
 import re
@@ -141,7 +142,12 @@ class AmazonReviews:
     def fingerprint(self) -> str:
         """A hash of the files (paths, sizes, mtimes), the release and the bad-line policy."""
         files = [self.reviews] if self.meta is None else [self.reviews, self.meta]
-        options = {"reader": type(self).__name__, "version": self.version, "on_bad_line": self.on_bad_line}
+        options = {
+            "reader": type(self).__name__,
+            "version": self.version,
+            "on_bad_line": self.on_bad_line,
+            "text": "html-unescaped",  # caches of the reader that kept entities are not reused
+        }
         return fingerprint_files(files, options)
 
 
@@ -221,10 +227,15 @@ def _detect_version(reviews: Path) -> AmazonVersion:
 
 
 def _strings(value: object) -> Iterator[str]:
-    """The non-blank strings in a meta value (a string, or nested lists of strings), stripped."""
+    """The non-blank strings in a meta value (a string, or nested lists of strings), stripped.
+
+    The dumps keep the HTML entities of the scraped pages (``Shoes &amp; Jewelry``, ``&quot;``,
+    ``&#39;``), so each string is unescaped once, as the page showed it.
+    """
     if isinstance(value, str):
-        if value.strip():
-            yield value.strip()
+        text = html.unescape(value).strip()
+        if text:
+            yield text
     elif isinstance(value, list | tuple):
         for element in value:
             yield from _strings(element)

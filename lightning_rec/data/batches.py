@@ -25,7 +25,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["EvalBatch", "EvalQueries", "TrainBatch", "TrainWindows", "training_windows"]
+__all__ = [
+    "EvalBatch",
+    "EvalQueries",
+    "PredictBatch",
+    "TrainBatch",
+    "TrainWindows",
+    "UserHistories",
+    "training_windows",
+]
 
 
 @dataclass
@@ -143,3 +151,48 @@ class EvalQueries(Dataset):
         target = torch.tensor([t for _, t, _ in rows], dtype=torch.long)
         user_index = torch.tensor([u for _, _, u in rows], dtype=torch.long)
         return EvalBatch(input_ids=input_ids, target=target, history=history, user_index=user_index)
+
+
+@dataclass
+class PredictBatch:
+    """Users to recommend for, after everything they did.
+
+    ``input_ids (b n)``: the last ``n`` items, left-padded; ``history (b h)``: every item, right-padded
+    with 0 (to exclude seen items); ``user_index (b)``: the user of each row.
+    """
+
+    input_ids: Tensor
+    history: Tensor
+    user_index: Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+class UserHistories(Dataset):
+    """One row per user in ``users``: the user's whole sequence ``items[offsets[u]:offsets[u + 1]]``."""
+
+    def __init__(self, items: np.ndarray, offsets: np.ndarray, users: np.ndarray, max_len: int) -> None:
+        self.items = items
+        self.offsets = offsets
+        self.users = users
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        user = int(self.users[index])
+        return self.items[self.offsets[user] : self.offsets[user + 1]], user
+
+    def collate(self, rows: list[tuple[np.ndarray, int]]) -> PredictBatch:
+        n = self.max_len
+        input_ids = torch.zeros(len(rows), n, dtype=torch.long)
+        history = torch.zeros(len(rows), max(max(len(items) for items, _ in rows), 1), dtype=torch.long)
+        for row, (items, _) in enumerate(rows):
+            if len(items):
+                recent = items[-n:]
+                input_ids[row, n - len(recent) :] = torch.from_numpy(recent)
+                history[row, : len(items)] = torch.from_numpy(items)
+        user_index = torch.tensor([user for _, user in rows], dtype=torch.long)
+        return PredictBatch(input_ids=input_ids, history=history, user_index=user_index)

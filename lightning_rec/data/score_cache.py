@@ -7,7 +7,8 @@ judge's aspect evidence, or a user's feature vector) and knows nothing of what c
 On disk, one safetensors file per (name, judge version) under ``directory``: the tensor ``scores
 (r w)`` and, in the header metadata, the judge version, the width and the keys as JSON. It is written
 atomically (a temporary file renamed over the old one), so a reader sees a whole file or the previous
-one, never a partial write, and it is never pickled.
+one, never a partial write, and it is never pickled. A file read back is checked (one float32 tensor,
+finite, keys a list of string pairs, width and version as expected) before any entry is used.
 
 Axes: r cached rows, w score width, q queried keys.
 """
@@ -144,13 +145,26 @@ class ScoreCache:
                     f"{path}: holds judge version {metadata['judge_version']!r}, "
                     f"expected {self.judge_version!r}"
                 )
-            if int(metadata["width"]) != self.width:
-                raise ValueError(f"{path}: field 'width' is {metadata['width']}, expected {self.width}")
+            if metadata["width"] != str(self.width):
+                raise ValueError(f"{path}: field 'width' is {metadata['width']!r}, expected {self.width}")
+            if list(handle.keys()) != ["scores"]:
+                raise ValueError(f"{path}: holds tensors {list(handle.keys())}, expected only 'scores'")
             scores = handle.get_tensor("scores")
-        keys = json.loads(metadata["keys"])
+        try:
+            keys = json.loads(metadata["keys"])
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: field 'keys' is not JSON ({error})") from error
+        pairs = isinstance(keys, list) and all(
+            isinstance(key, list) and len(key) == 2 and all(isinstance(part, str) for part in key)
+            for key in keys
+        )
+        if not pairs:
+            raise ValueError(f"{path}: field 'keys' must be a list of [user, item] string pairs")
+        if scores.dtype != torch.float32 or not torch.isfinite(scores).all():
+            raise ValueError(f"{path}: tensor 'scores' must be finite float32, got {scores.dtype}")
         if scores.dim() != 2 or tuple(scores.shape) != (len(keys), self.width):
             raise ValueError(
                 f"{path}: tensor 'scores' has shape {tuple(scores.shape)}, expected "
                 f"({len(keys)}, {self.width}) = (keys in the metadata, width)"
             )
-        self._rows = {(str(user), str(item)): row for (user, item), row in zip(keys, scores, strict=True)}
+        self._rows = {(user, item): row for (user, item), row in zip(keys, scores, strict=True)}

@@ -168,7 +168,7 @@ def load_or_build_sequences(
 
 def build_sequences(source: InteractionSource, options: SequenceOptions) -> SequenceData:
     """Run the whole protocol (see the module docstring) on ``source``."""
-    users, items, timestamps = _read_interactions(source, options.rating_threshold)
+    users, items, timestamps, user_names, item_names = _read_interactions(source, options.rating_threshold)
     if len(users) == 0:
         raise ValueError("the source yielded no interactions (after the rating threshold)")
     keep = _k_core_mask(users, items, options.k_core)
@@ -176,9 +176,9 @@ def build_sequences(source: InteractionSource, options: SequenceOptions) -> Sequ
     if len(users) == 0:
         raise ValueError(f"no interaction survives the {options.k_core}-core filter")
 
-    # Contiguous indices in order of first appearance (np.unique sorts; re-rank by first index).
-    user_codes, user_raw = _first_appearance_codes(users)
-    item_codes, item_raw = _first_appearance_codes(items)
+    # Contiguous indices in order of first appearance among the interactions the k-core kept.
+    user_codes, user_raw = _first_appearance_codes(users, user_names)
+    item_codes, item_raw = _first_appearance_codes(items, item_names)
     item_codes = item_codes + 1  # 0 is padding
 
     file_order = np.arange(len(user_codes))
@@ -216,40 +216,51 @@ def build_sequences(source: InteractionSource, options: SequenceOptions) -> Sequ
 
 def _read_interactions(
     source: InteractionSource, rating_threshold: float | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    users: list[str] = []
-    items: list[str] = []
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
+    """Interactions as integer codes (numbered by first appearance in the file) and the raw names.
+
+    Coding while reading (one dict lookup per interaction) keeps every later step on integer arrays:
+    sorting millions of Python strings (``np.unique`` on objects) was the slowest part at 10^6 items.
+    """
+    user_index: dict[str, int] = {}
+    item_index: dict[str, int] = {}
+    users: list[int] = []
+    items: list[int] = []
     timestamps: list[float] = []
     for event in source.interactions():
         if rating_threshold is not None and event.rating is not None and event.rating < rating_threshold:
             continue
-        users.append(event.user_id)
-        items.append(event.item_id)
+        users.append(user_index.setdefault(event.user_id, len(user_index)))
+        items.append(item_index.setdefault(event.item_id, len(item_index)))
         timestamps.append(event.timestamp)
-    return np.asarray(users, dtype=object), np.asarray(items, dtype=object), np.asarray(timestamps, float)
+    return (
+        np.asarray(users, dtype=np.int64),
+        np.asarray(items, dtype=np.int64),
+        np.asarray(timestamps, float),
+        list(user_index),
+        list(item_index),
+    )
 
 
 def _k_core_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
     """Boolean mask of the interactions in the iterated k-core (users and items with >= k left)."""
-    _, user_codes = np.unique(users, return_inverse=True)
-    _, item_codes = np.unique(items, return_inverse=True)
     keep = np.ones(len(users), dtype=bool)
     while True:
-        user_counts = np.bincount(user_codes[keep], minlength=user_codes.max() + 1)
-        item_counts = np.bincount(item_codes[keep], minlength=item_codes.max() + 1)
-        new_keep = keep & (user_counts[user_codes] >= k) & (item_counts[item_codes] >= k)
+        user_counts = np.bincount(users[keep], minlength=users.max() + 1)
+        item_counts = np.bincount(items[keep], minlength=items.max() + 1)
+        new_keep = keep & (user_counts[users] >= k) & (item_counts[items] >= k)
         if new_keep.sum() == keep.sum():
             return keep
         keep = new_keep
 
 
-def _first_appearance_codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Codes 0..n-1 numbered by first appearance, and the raw value of each code."""
-    uniques, first_index, inverse = np.unique(values, return_index=True, return_inverse=True)
+def _first_appearance_codes(codes: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Codes renumbered ``0..n-1`` by first appearance in ``codes``, and the raw name of each."""
+    uniques, first_index, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    order = np.argsort(first_index, kind="stable")
     rank_of_unique = np.empty(len(uniques), dtype=np.int64)
-    rank_of_unique[np.argsort(first_index, kind="stable")] = np.arange(len(uniques))
-    raw = [str(v) for v in uniques[np.argsort(first_index, kind="stable")]]
-    return rank_of_unique[inverse], raw
+    rank_of_unique[order] = np.arange(len(uniques))
+    return rank_of_unique[inverse], [names[code] for code in uniques[order]]
 
 
 def _split_leave_one_out(

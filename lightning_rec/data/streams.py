@@ -5,11 +5,16 @@ stream with no task boundaries given to the learner. The stream is cut into ``nu
 only for the evaluation protocol (A_avg, forgetting, BWT are measured at split ends):
 
 - **Si-Blurry** (:func:`si_blurry_stream`, Moon et al. 2023, the official FlyGCL sampler's
-  ``varing_NM`` mode): a share ``N`` of the classes is *disjoint* (each appears in one split only),
-  the others are *blurry*; both groups are cut into splits at random points, so splits have random
+  ``varing_NM`` mode): a share ``N`` of the classes is *disjoint* (each appears in one split only;
+  their count is rounded down to a multiple of the split count, as the official code does), the
+  others are *blurry*; both groups are cut into splits at random points, so splits have random
   numbers of classes. Then a share ``M`` of the blurry classes' samples is taken out of their home
-  splits, shuffled, and dealt back so that each split keeps its size: those samples show their
-  class in other splits too.
+  splits, shuffled, and dealt back: those samples show their class in other splits too.
+  ``sampler="uniform"`` draws the blurred samples uniformly and deals each split back as many as it
+  gave (split sizes kept); ``sampler="official"`` is the official ``OnlineSampler``: random
+  per-split quotas (cuts of ``M``'s sample count), each split giving its first blurry samples in
+  dataset order and receiving its quota from the shuffled pool, in split order, with the same
+  ``torch.Generator`` draws, so a seed gives the official code's stream.
 - **disjoint** (:func:`disjoint_stream`): the classes are cut into splits of equal class counts.
 - **Gaussian-blurry** (:func:`gaussian_blurry_stream`): each class gets a centre in stream time and
   each of its samples a time drawn from a normal around it, so classes fade in and out; the splits
@@ -21,12 +26,15 @@ at most once: a single pass never shows a sample twice.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 
 __all__ = [
+    "SiBlurrySampler",
     "Stream",
     "StreamKind",
     "build_stream",
@@ -37,6 +45,7 @@ __all__ = [
 ]
 
 StreamKind = Literal["si_blurry", "disjoint", "gaussian_blurry"]
+SiBlurrySampler = Literal["uniform", "official"]
 
 
 @dataclass(frozen=True)
@@ -68,21 +77,28 @@ def si_blurry_stream(
     disjoint_fraction: float = 0.5,
     blurry_fraction: float = 0.1,
     seed: int = 0,
+    sampler: SiBlurrySampler = "uniform",
 ) -> Stream:
     """Si-Blurry stream over ``labels (n,)`` (the paper's N = 50 %, M = 10 %, 5 splits by default).
 
-    ``floor(disjoint_fraction * classes)`` classes are disjoint; ``floor(blurry_fraction * b)`` of the
-    ``b`` blurry-class samples are blurred. The blurred samples are drawn uniformly from all
-    blurry-class samples, each split gives away those it holds and receives as many from the
-    shuffled pool, and each split is shuffled.
+    ``floor(disjoint_fraction * classes)`` classes, rounded down to a multiple of ``num_splits``, are
+    disjoint; ``floor(blurry_fraction * b)`` of the ``b`` blurry-class samples are blurred. With
+    ``sampler="uniform"`` they are drawn uniformly from all blurry-class samples, each split gives
+    away those it holds and receives as many from the shuffled pool; ``"official"`` is the official
+    quota sampler (see the module docstring). Each split is shuffled.
     """
     labels = _check(labels, num_splits)
     for name, value in (("disjoint_fraction", disjoint_fraction), ("blurry_fraction", blurry_fraction)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    classes = np.unique(labels)
+    num_disjoint = int(len(classes) * disjoint_fraction) // num_splits * num_splits
+    if sampler == "official":
+        return _official_si_blurry(labels, classes, num_splits, num_disjoint, blurry_fraction, seed)
+    if sampler != "uniform":
+        raise ValueError(f"sampler must be 'uniform' or 'official', got {sampler!r}")
     rng = np.random.default_rng(seed)
-    class_order = rng.permutation(np.unique(labels))
-    num_disjoint = int(len(class_order) * disjoint_fraction)
+    class_order = rng.permutation(classes)
     disjoint_groups = _random_cuts(class_order[:num_disjoint], num_splits, rng)
     blurry_groups = _random_cuts(class_order[num_disjoint:], num_splits, rng)
 
@@ -111,6 +127,61 @@ def si_blurry_stream(
         disjoint_classes=tuple(tuple(sorted(group.tolist())) for group in disjoint_groups),
         blurry_classes=tuple(tuple(sorted(group.tolist())) for group in blurry_groups),
         blurred=blurred.astype(np.int64),
+    )
+
+
+def _official_si_blurry(
+    labels: np.ndarray,
+    classes: np.ndarray,
+    num_splits: int,
+    num_disjoint: int,
+    blurry_fraction: float,
+    seed: int,
+) -> Stream:
+    """The official FlyGCL ``OnlineSampler`` (``varing_NM``), draw for draw on a ``torch.Generator``."""
+    generator = torch.Generator().manual_seed(seed)
+    class_order = classes[torch.randperm(len(classes), generator=generator).numpy()]
+
+    def cut(total: int) -> np.ndarray | None:
+        """Random cut points ``[0, ..., total]`` (none drawn for an empty group)."""
+        if total == 0:
+            return None
+        inner = torch.randint(0, total, (num_splits - 1,), generator=generator).sort().values.numpy()
+        return np.concatenate([[0], inner, [total]])
+
+    def groups(items: np.ndarray) -> list[np.ndarray]:
+        points = cut(len(items))
+        if points is None:
+            return [items[:0] for _ in range(num_splits)]
+        return [items[points[i] : points[i + 1]] for i in range(num_splits)]
+
+    disjoint_groups = groups(class_order[:num_disjoint])
+    blurry_groups = groups(class_order[num_disjoint:])
+    disjoint = [np.flatnonzero(np.isin(labels, group)) for group in disjoint_groups]  # dataset order
+    blurry = [np.flatnonzero(np.isin(labels, group)) for group in blurry_groups]
+    num_blurred = math.floor(sum(len(part) for part in blurry) * blurry_fraction + 1e-9)
+    given = np.zeros(0, dtype=np.int64)
+    quotas = cut(num_blurred)
+    if quotas is not None:
+        quota = np.diff(quotas)
+        # Each split gives its first blurry samples (its quota, or all it has) ...
+        given_parts = [part[:q] for part, q in zip(blurry, quota, strict=True)]
+        blurry = [part[q:] for part, q in zip(blurry, quota, strict=True)]
+        given = np.concatenate(given_parts)
+        pool = given[torch.randperm(len(given), generator=generator).numpy()]
+        # ... and takes its quota from the shuffled pool, in split order (the last may get fewer).
+        dealt = np.split(pool, np.minimum(np.cumsum(quota)[:-1], len(pool)))
+        blurry = [np.concatenate([part, extra]) for part, extra in zip(blurry, dealt, strict=True)]
+    splits = []
+    for part_disjoint, part_blurry in zip(disjoint, blurry, strict=True):
+        split = np.concatenate([part_disjoint, part_blurry])
+        splits.append(split[torch.randperm(len(split), generator=generator).numpy()])
+    return Stream(
+        order=np.concatenate(splits).astype(np.int64),
+        split_ends=tuple(int(end) for end in np.cumsum([len(split) for split in splits])),
+        disjoint_classes=tuple(tuple(sorted(group.tolist())) for group in disjoint_groups),
+        blurry_classes=tuple(tuple(sorted(group.tolist())) for group in blurry_groups),
+        blurred=np.sort(given).astype(np.int64),
     )
 
 
@@ -166,10 +237,12 @@ def build_stream(
     blurry_fraction: float = 0.1,
     gaussian_width: float = 0.1,
     seed: int = 0,
+    sampler: SiBlurrySampler = "uniform",
 ) -> Stream:
-    """The stream named ``kind`` (``"si_blurry"``, ``"disjoint"`` or ``"gaussian_blurry"``)."""
+    """The stream named ``kind`` (``"si_blurry"``, ``"disjoint"`` or ``"gaussian_blurry"``);
+    ``sampler`` chooses Si-Blurry's (see :func:`si_blurry_stream`)."""
     if kind == "si_blurry":
-        return si_blurry_stream(labels, num_splits, disjoint_fraction, blurry_fraction, seed)
+        return si_blurry_stream(labels, num_splits, disjoint_fraction, blurry_fraction, seed, sampler)
     if kind == "disjoint":
         return disjoint_stream(labels, num_splits, seed)
     if kind == "gaussian_blurry":

@@ -4,11 +4,21 @@ Items have a category, attributes, a price and a text title; each item also has 
 near its category's centroid. Users hold a few latent intents and drift between them over time;
 their sessions are sampled from those intents, plus "complement" transitions (an item is often
 followed by a fixed companion item of the same category) that only a sequential model can exploit.
+With ``aspect_strength`` > 0 users also differ in what they value beyond their intents: half of them
+are novelty-seeking (they favour categories they have not bought from yet and skip companion items),
+half loyal (they favour the categories they have), so the best weighting of a judge's aspects
+differs between users.
 
 The catalogue is written in the Amazon Reviews 2018 format (``Synthetic.json.gz`` and
-``meta_Synthetic.json.gz``) and read back through :class:`~lightning_rec.data.AmazonReviews`, so the
-demo runs the same path as real data. :meth:`SyntheticCatalogue.click_probability` is the ground
-truth preference function, for simulators of RL methods.
+``meta_Synthetic.json.gz``), or the 2023 one (``Synthetic.jsonl.gz`` and ``meta_Synthetic.jsonl.gz``,
+the layout of DiffuReason's Video & Games benchmark), and read back through
+:class:`~lightning_rec.data.AmazonReviews`, so the demo runs the same path as real data.
+:meth:`SyntheticCatalogue.click_probability` is the ground truth preference function, for
+simulators of RL methods.
+
+Large catalogues (10^6 items, 2 x 10^5 users) are generated in minutes with bounded memory: users are
+written as they are sampled (never all held at once), and ``choice_candidates`` replaces the exact
+choice over the whole catalogue at every step by sampling-importance-resampling over a few candidates.
 
 Axes: u users, i items, c categories, k latent dimensions.
 """
@@ -22,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -105,7 +116,18 @@ class SyntheticCatalogue:
         drift: probability that the active intent changes between two consecutive interactions.
         complement_prob: probability that the next item is the previous item's fixed companion.
         temperature: softmax temperature of intent-driven choices (lower is more predictable).
+        aspect_strength: logit bonus of a user's favoured aspect: categories not seen yet for a
+            novelty-seeking user (who also skips companion items), categories already seen for a loyal
+            one (half the users each, :attr:`novelty_seeking`). 0 (the default) is a catalogue
+            without aspect preferences.
         seed: everything is a function of this seed.
+        choice_candidates: ``None`` (default): each intent-driven choice is drawn exactly from the
+            choice model over all items, ``O(items)`` per interaction. An integer ``C``: draw ``C``
+            candidates from the popularity prior alone and pick one of them with probability
+            proportional to ``exp(<intent, item> / T)``. Since the choice model is that prior times
+            this factor, the pick follows the exact model as ``C`` grows (sampling-importance-
+            resampling, Rubin 1988), at ``O(C log items)`` per interaction: what makes 10^6 items
+            feasible. Another setting gives other (equally valid) users.
     """
 
     def __init__(
@@ -119,8 +141,12 @@ class SyntheticCatalogue:
         drift: float = 0.1,
         complement_prob: float = 0.35,
         temperature: float = 0.35,
+        aspect_strength: float = 0.0,
         seed: int = 0,
+        choice_candidates: int | None = None,
     ) -> None:
+        if aspect_strength < 0:
+            raise ValueError(f"aspect_strength must be >= 0, got {aspect_strength}")
         if num_users < 1 or num_items < 2 or num_categories < 1 or num_categories > num_items:
             raise ValueError(
                 f"need num_users >= 1, num_items >= 2 and 1 <= num_categories <= num_items; got "
@@ -129,6 +155,11 @@ class SyntheticCatalogue:
         for name, value in (("drift", drift), ("complement_prob", complement_prob)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+        if choice_candidates is not None and choice_candidates < 1:
+            raise ValueError(f"choice_candidates must be None or >= 1, got {choice_candidates}")
+        if choice_candidates is not None and aspect_strength > 0:
+            # The candidate sampler draws from the popularity prior and the intent alone.
+            raise ValueError("aspect_strength > 0 needs the exact choice model (choice_candidates=None)")
         self.num_users = num_users
         self.num_items = num_items
         self.num_categories = num_categories
@@ -138,7 +169,11 @@ class SyntheticCatalogue:
         self.drift = drift
         self.complement_prob = complement_prob
         self.temperature = temperature
+        self.aspect_strength = aspect_strength
         self.seed = seed
+        self.choice_candidates = choice_candidates
+        # Its own random stream, so that the users' histories without aspect preferences stay as they were.
+        self.novelty_seeking = np.random.default_rng([seed, 2]).random(num_users) < 0.5  # (u) bool
         self._build_items(np.random.default_rng([seed, 0]))
 
     # ---------------------------------------------------------------- items
@@ -205,13 +240,37 @@ class SyntheticCatalogue:
 
     @cached_property
     def users(self) -> list[_User]:
-        return [self._sample_user(np.random.default_rng([self.seed, 1, u])) for u in range(self.num_users)]
+        return list(self._iter_users())
 
-    def _sample_user(self, rng: np.random.Generator) -> _User:
+    def _iter_users(self) -> Iterator[_User]:
+        """Every user in order; sampled on the fly (and not kept) unless :attr:`users` is cached.
+
+        Each user has its own random stream, so both ways give the same users.
+        """
+        if "users" in self.__dict__:
+            yield from self.users
+            return
+        for u in range(self.num_users):
+            yield self._sample_user(np.random.default_rng([self.seed, 1, u]), bool(self.novelty_seeking[u]))
+
+    def _aspect_bonus(self, novelty_seeking: bool, seen_items: np.ndarray) -> np.ndarray | float:
+        """(i) logit bonus of each item for a user who has bought ``seen_items``: ``aspect_strength`` on
+        unseen categories (novelty-seeking) or on seen ones (loyal); 0 without aspect preferences."""
+        if self.aspect_strength == 0:
+            return 0.0
+        seen_categories = np.zeros(self.num_categories, dtype=bool)
+        seen_categories[self.item_category[np.asarray(seen_items, dtype=np.int64)]] = True
+        favoured = ~seen_categories if novelty_seeking else seen_categories
+        return self.aspect_strength * favoured[self.item_category]
+
+    def _sample_user(self, rng: np.random.Generator, novelty_seeking: bool) -> _User:
         m, k = self.intents_per_user, self.latent_dim
         anchors = rng.choice(self.num_categories, size=m)
         intents = self.category_centroids[anchors] + rng.normal(size=(m, k)) * 0.3
         length = 5 + rng.poisson(max(self.mean_length - 5.0, 0.0))
+        if self.choice_candidates is not None:
+            path, items = self._sample_choices_from_candidates(intents, length, rng)
+            return self._user_record(intents, path, items, rng)
         active = rng.integers(m)
         items, path = [], []
         seen: set[int] = set()
@@ -219,10 +278,12 @@ class SyntheticCatalogue:
             if step > 0 and rng.random() < self.drift:
                 active = rng.integers(m)
             companion = int(self.item_complement[items[-1]]) if items else -1
-            if items and companion not in seen and rng.random() < self.complement_prob:
+            # A novelty-seeking user skips the companion: it is of a category already bought.
+            follows_companions = not (novelty_seeking and self.aspect_strength > 0)
+            if items and companion not in seen and follows_companions and rng.random() < self.complement_prob:
                 item = companion
             else:
-                logits = self._intent_logits(intents[active])
+                logits = self._intent_logits(intents[active]) + self._aspect_bonus(novelty_seeking, items)
                 if seen:
                     logits[list(seen)] = -np.inf  # users do not review the same item twice
                 probs = np.exp(logits - logits.max())
@@ -230,21 +291,96 @@ class SyntheticCatalogue:
             seen.add(item)
             items.append(item)
             path.append(active)
+        return self._user_record(intents, np.asarray(path), np.asarray(items), rng)
+
+    def _user_record(
+        self, intents: np.ndarray, path: np.ndarray, items: np.ndarray, rng: np.random.Generator
+    ) -> _User:
+        """Timestamps and ratings for the sampled ``items``, and the user's record."""
+        length = len(items)
         start = _EPOCH_START + int(rng.integers(0, 365)) * _DAY
         gaps = rng.integers(1, 20, size=length) * _DAY + rng.integers(0, _DAY, size=length)
         ratings = np.clip(np.round(rng.normal(4.3, 0.9, size=length)), 1, 5)
-        return _User(intents, np.asarray(path), np.asarray(items), start + np.cumsum(gaps), ratings)
+        return _User(intents, path, items, start + np.cumsum(gaps), ratings)
+
+    @cached_property
+    def _popularity_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """The popularity prior ``softmax(item_popularity)`` as ``(i)`` CDF and ``(i)`` guide table.
+
+        ``guide[j]`` is the first item whose CDF exceeds ``j / i`` (Chen & Asau's guide table): an
+        inverse-CDF draw starts there and steps forward a few items at most, instead of a binary
+        search whose ~20 scattered reads of a 10^6-entry table dominate the sampling time.
+        """
+        weights = np.exp(self.item_popularity - self.item_popularity.max())
+        cdf = np.cumsum(weights)
+        cdf /= cdf[-1]  # exactly 1 at the end, so every draw in [0, 1) stops at an item
+        guide = np.searchsorted(cdf, np.arange(self.num_items) / self.num_items, side="right")
+        return cdf, guide
+
+    def _draw_from_popularity(self, uniforms: np.ndarray) -> np.ndarray:
+        """Items drawn from the popularity prior by inverse CDF, one per entry of ``uniforms`` in [0, 1)."""
+        cdf, guide = self._popularity_table
+        items = guide[(uniforms * self.num_items).astype(np.int64)]
+        while True:
+            behind = cdf[items] <= uniforms  # the draw lies further right
+            if not behind.any():
+                return items
+            items += behind
+
+    def _sample_choices_from_candidates(
+        self, intents: np.ndarray, length: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(t)`` active intents and ``(t)`` items, choices by sampling-importance-resampling.
+
+        The same generative story as the exact path (drift, complements, no repeats), with every
+        random draw of a user made up front in arrays; only the no-repeat rule runs step by step.
+        """
+        m, count = self.intents_per_user, self.choice_candidates
+        # Intent drift: at each step after the first, with probability `drift`, a new random intent.
+        switches = rng.random(length) < self.drift
+        switches[0] = True
+        proposals = rng.integers(m, size=length)
+        path = proposals[np.maximum.accumulate(np.where(switches, np.arange(length), 0))]
+        takes_companion = rng.random(length) < self.complement_prob
+        # Proposal: the popularity prior (no O(i) pass per step).
+        candidates = self._draw_from_popularity(rng.random((length, count)))  # (t C)
+        # Resampling with weights exp(<intent, item> / T) by the Gumbel-max trick: the argmax of
+        # log-weight + Gumbel noise is a draw with probability proportional to the weight.
+        scores = np.einsum("tck,tk->tc", self.item_vectors[candidates], intents[path]) / self.temperature
+        order = np.argsort(-(scores + rng.gumbel(size=(length, count))), axis=1)
+        items: list[int] = []
+        seen: set[int] = set()
+        for step in range(length):
+            companion = int(self.item_complement[items[-1]]) if items else -1
+            if items and companion not in seen and takes_companion[step]:
+                item = companion
+            else:
+                # The best-ranked unseen candidate: a draw conditioned on "not reviewed before".
+                ranked = candidates[step, order[step]]
+                item = next((int(c) for c in ranked if int(c) not in seen), None)
+                if item is None:
+                    item = self._least_popular_unseen(seen)
+            seen.add(item)
+            items.append(item)
+        return path, np.asarray(items)
+
+    def _least_popular_unseen(self, seen: set[int]) -> int:
+        """Fallback when every candidate was already reviewed (only with very few candidates)."""
+        return next(item for item in np.argsort(self.item_popularity) if int(item) not in seen)
 
     def click_probability(self, user: int, items: np.ndarray, step: int | None = None) -> np.ndarray:
         """Ground-truth probability that 0-based ``user`` clicks each of the 0-based ``items``.
 
         Uses the user's intent active at ``step`` (default: after the last interaction, the one that
         generated it). The probability is the intent's choice model, ``softmax(<intent, item> / T
-        + popularity)``, rescaled so that the user's favourite item has probability 1.
+        + popularity + aspect bonus of the items bought before step)``, rescaled so that the user's
+        favourite item has probability 1.
         """
         record = self.users[user]
         step = len(record.items) - 1 if step is None else step
-        logits = self._intent_logits(record.intents[record.intent_path[step]])
+        logits = self._intent_logits(record.intents[record.intent_path[step]]) + self._aspect_bonus(
+            bool(self.novelty_seeking[user]), record.items[:step]
+        )
         return np.exp(logits[np.asarray(items)] - logits.max())
 
     # ---------------------------------------------------------------- files
@@ -252,6 +388,8 @@ class SyntheticCatalogue:
         """Write ``Synthetic.json.gz`` and ``meta_Synthetic.json.gz`` (Amazon Reviews 2018 layout).
 
         Files are written to a temporary name and renamed, so a reader never sees a partial file.
+        Users are streamed: sampled, written and dropped one at a time, so memory does not grow
+        with ``num_users``.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -260,8 +398,44 @@ class SyntheticCatalogue:
         _write_json_lines_gz(meta, self._meta_records())
         return reviews, meta
 
+    def write_amazon2023(self, directory: str | Path) -> tuple[Path, Path]:
+        """Write ``Synthetic.jsonl.gz`` and ``meta_Synthetic.jsonl.gz`` (Amazon Reviews 2023 layout:
+        ``user_id``, ``parent_asin``, ``rating``, millisecond ``timestamp``; meta with ``store``,
+        ``categories``, a numeric ``price``, ``description`` and ``features`` lists), atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        reviews, meta = directory / "Synthetic.jsonl.gz", directory / "meta_Synthetic.jsonl.gz"
+        _write_json_lines_gz(reviews, self._review_records_2023())
+        _write_json_lines_gz(meta, self._meta_records_2023())
+        return reviews, meta
+
+    def _review_records_2023(self) -> Iterator[dict]:
+        for review in self._review_records():
+            yield {
+                "rating": review["overall"],
+                "asin": review["asin"],
+                "parent_asin": review["asin"],
+                "user_id": review["reviewerID"],
+                "timestamp": review["unixReviewTime"] * 1000,
+                "verified_purchase": True,
+            }
+
+    def _meta_records_2023(self) -> Iterator[dict]:
+        for item in range(self.num_items):
+            meta = self.item_meta(item)
+            yield {
+                "main_category": meta.categories[0],
+                "title": meta.title,
+                "categories": list(meta.categories),
+                "price": meta.price,
+                "store": meta.brand,
+                "description": [meta.description],
+                "features": [],
+                "parent_asin": meta.item_id,
+            }
+
     def _review_records(self) -> Iterator[dict]:
-        for u, record in enumerate(self.users):
+        for u, record in enumerate(self._iter_users()):
             for item, timestamp, rating in zip(record.items, record.timestamps, record.ratings, strict=True):
                 yield {
                     "overall": float(rating),
@@ -297,7 +471,9 @@ class SyntheticCatalogue:
             "complement_prob": self.complement_prob,
             "temperature": self.temperature,
             "seed": self.seed,
-        }
+            # Only when set, so that the default's config (and every cache key built on it) is unchanged.
+            **({} if self.choice_candidates is None else {"choice_candidates": self.choice_candidates}),
+        } | ({"aspect_strength": self.aspect_strength} if self.aspect_strength else {})
 
 
 def _review_time(timestamp: int) -> str:
@@ -321,11 +497,14 @@ class SyntheticReviews:
     """The synthetic catalogue as an :class:`~lightning_rec.data.InteractionSource`.
 
     Generates the catalogue once into ``<cache_dir>/synthetic/<hash of the arguments>/`` in the Amazon
-    2018 format, then reads it with the real :class:`~lightning_rec.data.AmazonReviews` reader.
+    2018 (default) or 2023 format, then reads it with the real :class:`~lightning_rec.data.AmazonReviews`
+    reader.
 
     Args:
-        num_users, num_items, num_categories, mean_length, seed: see :class:`SyntheticCatalogue`.
+        num_users, num_items, num_categories, mean_length, aspect_strength, seed, choice_candidates: see
+            :class:`SyntheticCatalogue`.
         cache_dir: where the files are written (default :func:`~lightning_rec.data.default_cache_dir`).
+        format: ``"amazon2018"`` or ``"amazon2023"`` files; the same users, items and order either way.
     """
 
     def __init__(
@@ -334,15 +513,23 @@ class SyntheticReviews:
         num_items: int = 1000,
         num_categories: int = 20,
         mean_length: float = 25.0,
+        aspect_strength: float = 0.0,
         seed: int = 0,
         cache_dir: str | None = None,
+        choice_candidates: int | None = None,
+        format: Literal["amazon2018", "amazon2023"] = "amazon2018",
     ) -> None:
+        if format not in ("amazon2018", "amazon2023"):
+            raise ValueError(f"format must be 'amazon2018' or 'amazon2023', got {format!r}")
+        self.format = format
         self.catalogue = SyntheticCatalogue(
             num_users=num_users,
             num_items=num_items,
             num_categories=num_categories,
             mean_length=mean_length,
+            aspect_strength=aspect_strength,
             seed=seed,
+            choice_candidates=choice_candidates,
         )
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self._reader: AmazonReviews | None = None
@@ -354,12 +541,18 @@ class SyntheticReviews:
     @property
     def reader(self) -> AmazonReviews:
         if self._reader is None:
-            key = fingerprint_files([], {"synthetic": self.catalogue.config(), "format": 1})
-            directory = self.cache_dir / "synthetic" / key
-            reviews, meta = directory / "Synthetic.json.gz", directory / "meta_Synthetic.json.gz"
+            options = {"synthetic": self.catalogue.config(), "format": 1}
+            if self.format == "amazon2023":  # the 2018 key stays as it was: existing caches still hit
+                options["layout"] = "2023"
+            directory = self.cache_dir / "synthetic" / fingerprint_files([], options)
+            write, version, suffix = {
+                "amazon2018": (self.catalogue.write_amazon2018, "2018", "json.gz"),
+                "amazon2023": (self.catalogue.write_amazon2023, "2023", "jsonl.gz"),
+            }[self.format]
+            reviews, meta = directory / f"Synthetic.{suffix}", directory / f"meta_Synthetic.{suffix}"
             if not (reviews.is_file() and meta.is_file()):
-                self.catalogue.write_amazon2018(directory)
-            self._reader = AmazonReviews(reviews=reviews, meta=meta, version="2018")
+                write(directory)
+            self._reader = AmazonReviews(reviews=reviews, meta=meta, version=version)
         return self._reader
 
     def interactions(self) -> Iterator[Interaction]:

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_rec.data.labelled import DigitsExamples, LabelledExamples, LabelledSource
-from lightning_rec.data.streams import Stream, StreamKind, build_stream, hold_out
+from lightning_rec.data.streams import SiBlurrySampler, Stream, StreamKind, build_stream, hold_out
 
 __all__ = ["ContinualStreamDataModule", "EvalPoint", "StreamBatch"]
 
@@ -126,6 +126,8 @@ class ContinualStreamDataModule(L.LightningDataModule):
         num_splits: evaluation splits of the stream (the paper's 5).
         disjoint_fraction: Si-Blurry's N, the share of classes that appear in one split only.
         blurry_fraction: Si-Blurry's M, the share of blurry-class samples dealt to random splits.
+        sampler: how Si-Blurry deals them: ``"uniform"`` (split sizes kept) or ``"official"`` (the
+            official FlyGCL sampler's random per-split quotas, its stream for a seed).
         gaussian_width: the standard deviation of a class's sample times, as a share of the stream
             (``stream="gaussian_blurry"``).
         test_fraction: share of each class held out for evaluation.
@@ -142,6 +144,7 @@ class ContinualStreamDataModule(L.LightningDataModule):
         num_splits: int = 5,
         disjoint_fraction: float = 0.5,
         blurry_fraction: float = 0.1,
+        sampler: SiBlurrySampler = "uniform",
         gaussian_width: float = 0.1,
         test_fraction: float = 0.2,
         batch_size: int = 16,
@@ -163,6 +166,7 @@ class ContinualStreamDataModule(L.LightningDataModule):
         self.num_splits = num_splits
         self.disjoint_fraction = disjoint_fraction
         self.blurry_fraction = blurry_fraction
+        self.sampler = sampler
         self.gaussian_width = gaussian_width
         self.test_fraction = test_fraction
         self.batch_size = batch_size
@@ -186,7 +190,7 @@ class ContinualStreamDataModule(L.LightningDataModule):
         stream_indices, self._test_indices = hold_out(labels, self.test_fraction, self.seed)
         stream = build_stream(
             self.stream_kind, labels[stream_indices], self.num_splits, self.disjoint_fraction,
-            self.blurry_fraction, self.gaussian_width, self.seed,
+            self.blurry_fraction, self.gaussian_width, self.seed, self.sampler,
         )  # fmt: skip
         # The stream's indices point into the stream part; map them to example indices.
         self._stream = Stream(

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_rec.data.batches import EvalQueries, TrainWindows, training_windows
+from lightning_rec.data.batches import EvalQueries, TrainWindows, UserHistories, training_windows
 from lightning_rec.data.records import InteractionSource
 from lightning_rec.data.sequences import (
     SequenceData,
@@ -74,6 +74,8 @@ class SequentialRecDataModule(L.LightningDataModule):
         cache_dir: preprocessing cache (default ``$LIGHTNING_REC_CACHE`` or
             ``~/.cache/lightning_rec``); ``""`` disables caching.
         seed: seed for ``tie_break="shuffle"``.
+        predict_users: a text file of raw user ids, one per line, to recommend for at ``predict``
+            (default: every user). ``predict`` ranks after each user's whole sequence.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class SequentialRecDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         seed: int = 0,
+        predict_users: str | None = None,
     ) -> None:
         super().__init__()
         if max_len < 1:
@@ -115,6 +118,7 @@ class SequentialRecDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        self.predict_users = predict_users
         self._data: SequenceData | None = None
         self._restored_id_maps: dict[str, list[str]] | None = None
 
@@ -213,7 +217,36 @@ class SequentialRecDataModule(L.LightningDataModule):
         return self._queries(self.data.test_positions, self.data.query_users_test)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        """Every user (or those of ``predict_users``) once, with the whole sequence as history."""
+        histories = UserHistories(
+            self.data.items, self.data.offsets, self._predict_user_indices(), self.max_len
+        )
+        return DataLoader(
+            histories,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=histories.collate,
+            num_workers=self.num_workers,
+        )
+
+    def _predict_user_indices(self) -> np.ndarray:
+        if self.predict_users is None:
+            return np.arange(self.num_users)
+        index = {user: position for position, user in enumerate(self.data.user_ids)}
+        lines = Path(self.predict_users).read_text(encoding="utf-8").splitlines()
+        wanted = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+        unknown = [user for user in wanted if user not in index]
+        if unknown:
+            raise ValueError(
+                f"{self.predict_users}: {len(unknown)} user ids are not in the data (after k-core), "
+                f"e.g. {unknown[:5]}; a sequential model needs a user's history"
+            )
+        return np.array([index[user] for user in wanted], dtype=np.int64)
+
+    @property
+    def user_ids(self) -> list[str]:
+        """Raw user id of each user index."""
+        return self.data.user_ids
 
     # ------------------------------------------------------- id maps in ckpt
     def state_dict(self) -> dict[str, Any]:

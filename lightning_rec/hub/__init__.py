@@ -1,7 +1,7 @@
 """Hugging Face Hub integration (layer 1): the mixin every block and module inherits, PEFT's layout."""
 
 from lightning_rec.hub.config_tree import UntrustedClassError, instantiate_tree, register_trusted_class
-from lightning_rec.hub.mixin import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, HubMixin
+from lightning_rec.hub.mixin import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, HubMixin, check_vocab, read_json
 from lightning_rec.hub.peft_layout import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
@@ -24,7 +24,9 @@ __all__ = [
     "HubMixin",
     "UntrustedClassError",
     "check_adapter_keys",
+    "check_vocab",
     "instantiate_tree",
+    "read_json",
     "read_peft_adapter",
     "read_peft_adapter_config",
     "register_trusted_class",

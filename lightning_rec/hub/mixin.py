@@ -10,8 +10,9 @@ A repo (or folder) holds:
 - ``README.md``: the model card.
 
 Loading never unpickles: only JSON and safetensors are read, every class in ``config.json`` must be
-on the allowlist of :mod:`lightning_rec.hub.config_tree`, and a repo with pickled weights only
-(``pytorch_model.bin``, ``*.ckpt``) is refused.
+on the allowlist of :mod:`lightning_rec.hub.config_tree` (``nn.Module`` classes only, the root the
+class asked for, checked before anything is built), ``vocab.json`` is checked for size and types,
+and a repo with pickled weights only (``pytorch_model.bin``, ``*.ckpt``) is refused.
 """
 
 from __future__ import annotations
@@ -22,18 +23,30 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import torch
 from huggingface_hub import HfApi, ModelHubMixin, snapshot_download
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 from lightning_rec.atomic import atomic_path
-from lightning_rec.hub.config_tree import class_path_of, encode_init_value, instantiate_tree
+from lightning_rec.hub.config_tree import HUB_CLASSES, class_path_of, encode_init_value, instantiate_tree
 
-__all__ = ["CONFIG_FILE", "VOCAB_FILE", "WEIGHTS_FILE", "HubMixin"]
+__all__ = [
+    "CONFIG_FILE",
+    "MAX_JSON_BYTES",
+    "VOCAB_FILE",
+    "WEIGHTS_FILE",
+    "HubMixin",
+    "check_vocab",
+    "read_json",
+]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.json"
 _PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
+#: the largest ``config.json`` or ``vocab.json`` read (a catalogue of millions of titled items fits).
+MAX_JSON_BYTES = 1 << 30
 
 T = TypeVar("T", bound="HubMixin")
 
@@ -48,14 +61,18 @@ class HubMixin(
     / ``push_to_hub`` with the full constructor tree, injected blocks included.
 
     The constructor arguments are recorded when the object is created, so every argument must be
-    JSON-like or itself a :class:`HubMixin` (lightning-rec blocks are).
+    JSON-like, a :class:`HubMixin` (lightning-rec blocks are), one of the common ``torch.nn`` layers
+    (``Linear``, ``Embedding``, ``LayerNorm``, ``Dropout``, activations, ``Sequential`` of these,
+    see :data:`~lightning_rec.hub.config_tree.TORCH_LAYERS`), or a class registered with
+    :func:`~lightning_rec.hub.register_trusted_class`.
     """
 
     #: constructor arguments left out of ``config.json`` (e.g. where to fetch starting weights).
     hub_config_exclude: ClassVar[tuple[str, ...]] = ()
 
-    #: every HubMixin subclass by class path, filled as classes are defined (the zoo's registry).
-    registry: ClassVar[dict[str, type[HubMixin]]] = {}
+    #: every HubMixin subclass by class path, filled as classes are defined (the zoo's registry, and
+    #: the classes a downloaded ``config.json`` may name besides common ``torch.nn`` layers).
+    registry: ClassVar[dict[str, type[HubMixin]]] = HUB_CLASSES
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -142,8 +159,9 @@ class HubMixin(
 
         Returns the model in eval mode. Raises ``FileNotFoundError`` when the repo has no
         ``model.safetensors`` (pickled weights are never loaded), ``UntrustedClassError`` when
-        ``config.json`` names a class outside the allowlist, ``TypeError`` when the repo holds
-        another class than ``cls``, and ``RuntimeError`` naming missing or unexpected weights.
+        ``config.json`` names a class outside the allowlist or another class than ``cls`` (checked
+        before anything is built), ``RuntimeError`` naming missing or unexpected weights, and
+        ``ValueError`` for a malformed ``config.json`` or ``vocab.json``.
         """
         source = str(pretrained_model_name_or_path)
         if os.path.isdir(source):
@@ -169,12 +187,9 @@ class HubMixin(
         config_path = folder / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{source}: no {CONFIG_FILE} to rebuild the model from")
-        tree = json.loads(config_path.read_text(encoding="utf-8"))
-        model = instantiate_tree(tree)
-        if not isinstance(model, cls):
-            raise TypeError(
-                f"{source} holds a {type(model).__name__} ({tree['class_path']}), not a {cls.__name__}"
-            )
+        tree = read_json(config_path, source)
+        _check_weight_shapes(tree, cls, weights, source)
+        model = instantiate_tree(tree, expected=cls)
         try:
             load_model(model, str(weights), strict=True, device=device)
         except RuntimeError as error:
@@ -183,8 +198,80 @@ class HubMixin(
             ) from error
         vocab_path = folder / VOCAB_FILE
         if vocab_path.is_file():
-            model.vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+            model.vocab = check_vocab(read_json(vocab_path, source), source)
         return model.eval()
+
+
+def _check_weight_shapes(tree: Any, cls: type, weights: Path, source: str) -> None:
+    """Refuse a config whose model would not hold exactly the tensors of ``weights``, before building it.
+
+    The tree is built on the ``meta`` device (shapes only: no memory, no data) and compared with the
+    safetensors header, so a config with huge sizes cannot make the loader allocate them. A
+    constructor that computes on its weights (SMoA's spectral partition) cannot run on ``meta``; such a
+    model is checked by the strict load after it is built.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = instantiate_tree(tree, expected=cls)
+    except (NotImplementedError, RuntimeError):
+        return
+    with safe_open(str(weights), framework="pt") as handle:
+        saved = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    # save_model writes one of the names of a tensor shared by several modules (DiffuReason's thinking
+    # encoder is its encoder): group names by tensor.
+    names_of: dict[int, list[str]] = {}
+    tensors = skeleton.state_dict(keep_vars=True)
+    for name, tensor in tensors.items():
+        names_of.setdefault(id(tensor), []).append(name)
+    problems = [f"unexpected {sorted(set(saved) - set(tensors))}"] if set(saved) - set(tensors) else []
+    for names in names_of.values():
+        on_disk = [name for name in names if name in saved]
+        if not on_disk:
+            problems.append(f"missing {names[0]}")
+        for name in on_disk:
+            if saved[name] != tuple(tensors[name].shape):
+                problems.append(
+                    f"{name} is {saved[name]} in {WEIGHTS_FILE}, {tuple(tensors[name].shape)} in the config"
+                )
+    if problems:
+        raise RuntimeError(
+            f"{source}: the weights in {WEIGHTS_FILE} do not match the model config.json describes "
+            f"(checked before building it): {'; '.join(problems[:10])}"
+        )
+
+
+def read_json(path: Path, source: str) -> Any:
+    """The JSON in a downloaded file, refused above :data:`MAX_JSON_BYTES` (so a hostile repo cannot
+    exhaust memory) or when it is not valid JSON."""
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{source}/{path.name} is {size} bytes, more than the {MAX_JSON_BYTES} allowed")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{source}/{path.name}: not valid JSON ({error})") from error
+
+
+def check_vocab(vocab: Any, source: str) -> dict[str, list[Any]]:
+    """``vocab`` if it is what :meth:`HubMixin.hub_vocab` writes: an object of lists of strings, numbers
+    or nulls (``item_ids`` a list of strings, the other per-item lists as long); ``ValueError`` otherwise."""
+    if not isinstance(vocab, dict):
+        raise ValueError(f"{source}/{VOCAB_FILE}: expected a JSON object, got {type(vocab).__name__}")
+    for key, values in vocab.items():
+        if not isinstance(values, list) or not all(
+            value is None or isinstance(value, (str, int, float)) for value in values
+        ):
+            raise ValueError(f"{source}/{VOCAB_FILE}: {key!r} must be a list of strings, numbers or nulls")
+    item_ids = vocab.get("item_ids")
+    if item_ids is not None:
+        if not all(isinstance(item, str) for item in item_ids):
+            raise ValueError(f"{source}/{VOCAB_FILE}: 'item_ids' must be a list of strings")
+        for key, values in vocab.items():
+            if key.startswith("item_") and len(values) != len(item_ids):
+                raise ValueError(
+                    f"{source}/{VOCAB_FILE}: {key!r} has {len(values)} entries, 'item_ids' {len(item_ids)}"
+                )
+    return vocab
 
 
 def _pickle_note(source: str, folder: Path, revision: str | None, token: Any, local_only: bool) -> str:

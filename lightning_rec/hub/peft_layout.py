@@ -10,14 +10,17 @@ A folder (or Hub repo) in this layout is what ``PeftModel.save_pretrained`` writ
 
 This module knows no adapter method: it writes and reads a config dict and a tensor dict whose keys
 are relative to the base model (the prefix is added on write and checked and removed on read).
-Reading never unpickles: a folder with only ``adapter_model.bin`` is refused.
+Reading never unpickles: a folder with only ``adapter_model.bin`` is refused. A downloaded config is
+checked before any of it is used: its size, and the types of the fields every PEFT adapter shares
+(``r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``, ``modules_to_save``); a rank larger than
+every dimension of the adapter's tensors is refused, so a hostile ``r`` cannot allocate a huge adapter.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from lightning_rec.atomic import atomic_path
+from lightning_rec.hub.mixin import read_json
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
@@ -99,7 +103,14 @@ def read_peft_adapter(
             f"{source}: no {ADAPTER_WEIGHTS_FILE}; adapters load from safetensors only{note}"
         )
     tensors = {}
-    for key, value in load_file(str(weights), device=device).items():
+    loaded = load_file(str(weights), device=device)
+    largest = max((max(value.shape, default=1) for value in loaded.values()), default=0)
+    if isinstance(config.get("r"), int) and config["r"] > largest:
+        raise ValueError(
+            f"{source}/{ADAPTER_CONFIG_FILE}: r={config['r']} exceeds every dimension of the adapter's "
+            f"tensors (largest {largest}); a low-rank adapter's rank is at most its layers' width"
+        )
+    for key, value in loaded.items():
         if not key.startswith(PEFT_KEY_PREFIX):
             raise ValueError(
                 f"{source}/{ADAPTER_WEIGHTS_FILE}: key {key!r} lacks PEFT's {PEFT_KEY_PREFIX!r} prefix"
@@ -132,13 +143,33 @@ def _read_config(folder: Path, source: str | Path) -> dict[str, Any]:
     path = folder / ADAPTER_CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{source}: no {ADAPTER_CONFIG_FILE}, so it is not a PEFT adapter")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{source}/{ADAPTER_CONFIG_FILE}: not valid JSON ({error})") from error
+    config = read_json(path, str(source))
     if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
         raise ValueError(f"{source}/{ADAPTER_CONFIG_FILE}: expected a JSON object with a 'peft_type' string")
+    for field, (check, expected) in _FIELD_TYPES.items():
+        if field in config and not check(config[field]):
+            raise ValueError(
+                f"{source}/{ADAPTER_CONFIG_FILE}: {field!r} is {config[field]!r}, expected {expected}"
+            )
     return config
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(name, str) for name in value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The fields PEFT's tuners share, as written by PEFT and by lightning-rec; other fields pass unchecked.
+_FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "r": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a positive integer"),
+    "lora_alpha": (_number, "a number"),
+    "lora_dropout": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "target_modules": (lambda v: v is None or isinstance(v, str) or _names(v), "a list of names or a string"),
+    "modules_to_save": (lambda v: v is None or _names(v), "a list of names or null"),
+}
 
 
 def check_adapter_keys(tensors: Mapping[str, Tensor], expected: set[str], source: str) -> None:

@@ -11,8 +11,9 @@ seen so far, every ``eval_period`` samples and at the end of each split.
 - **F_last**: forgetting, the mean over classes of (best accuracy at an earlier split end) minus
   (accuracy at the last split end), over classes with a non-zero earlier best, as the official
   FlyGCL trainer computes it.
-- **BWT**: backward transfer, the mean over classes first evaluated at an earlier split end of
-  (accuracy at the last split end) minus (accuracy at that first split end); class-averaged.
+- **BWT**: backward transfer, the mean over classes of (accuracy at the last split end) minus
+  (accuracy at the first split end where the class's accuracy is above 0), over classes whose first
+  such split end is before the last: the official FlyGCL definition.
 
 :class:`SeenClassAccuracy` (a torchmetrics ``Metric``, summed across DDP ranks) gives one
 evaluation's accuracy and per-class accuracy; :class:`StreamEvaluations` records the evaluations
@@ -105,25 +106,22 @@ def last_forgetting(per_class: Tensor) -> float:
     return float((best - per_class[-1])[counted].double().mean())
 
 
-def backward_transfer(per_class: Tensor, evaluated: Tensor) -> float:
-    """BWT from per-class accuracies ``(k c)`` and whether each class had test samples at each split
-    end ``(k c)`` (bool).
+def backward_transfer(per_class: Tensor) -> float:
+    """BWT from per-class accuracies at the split ends ``(k c)`` (0 for classes not yet seen).
 
-    ``mean_j (acc[k-1, j] - acc[first_j, j])`` over classes whose first evaluated split end
-    ``first_j`` is before the last; NaN when there is none.
+    ``mean_j (acc[k-1, j] - acc[first_j, j])`` with ``first_j`` the first split end where class ``j``'s
+    accuracy is above 0 (the official definition), over classes whose ``first_j`` is before the last;
+    NaN when there is none.
     """
-    if per_class.shape != evaluated.shape or per_class.dim() != 2:
-        raise ValueError(
-            f"per_class and evaluated must both have shape (k, c), got {tuple(per_class.shape)} and "
-            f"{tuple(evaluated.shape)}"
-        )
-    evaluated = evaluated.bool()
-    seen_before_last = evaluated[:-1].any(dim=0)
-    if not bool(seen_before_last.any()):
+    if per_class.dim() != 2:
+        raise ValueError(f"per_class must have shape (k, c), got {tuple(per_class.shape)}")
+    above_zero = per_class > 0
+    counted = above_zero[:-1].any(dim=0)
+    if not bool(counted.any()):
         return float("nan")
-    first = evaluated.long().argmax(dim=0)  # the first split end with test samples of each class
+    first = above_zero.long().argmax(dim=0)  # the first split end with accuracy above 0
     at_first = per_class.gather(0, first.unsqueeze(0))[0]
-    return float((per_class[-1] - at_first)[seen_before_last].double().mean())
+    return float((per_class[-1] - at_first)[counted].double().mean())
 
 
 @dataclass
@@ -140,14 +138,12 @@ class StreamEvaluations:
     periodic: list[bool] = field(default_factory=list)
     split_end: list[bool] = field(default_factory=list)
     split_per_class: list[Tensor] = field(default_factory=list)
-    split_evaluated: list[Tensor] = field(default_factory=list)
 
     def record(
         self,
         position: int,
         accuracy: float,
         per_class: Tensor,
-        count: Tensor,
         periodic: bool,
         split_end: bool,
     ) -> None:
@@ -162,7 +158,6 @@ class StreamEvaluations:
         self.split_end.append(bool(split_end))
         if split_end:
             self.split_per_class.append(per_class.detach().double().cpu())
-            self.split_evaluated.append(count.detach().cpu() > 0)
 
     def summary(self) -> dict[str, float]:
         """``{"A_auc", "A_last", "A_avg", "F_last", "BWT"}`` (NaN where undefined)."""
@@ -179,7 +174,5 @@ class StreamEvaluations:
             "A_last": self.accuracies[-1],
             "A_avg": float(torch.tensor(at_split_ends, dtype=torch.float64).mean()) if at_split_ends else nan,
             "F_last": last_forgetting(per_class) if per_class is not None else nan,
-            "BWT": backward_transfer(per_class, torch.stack(self.split_evaluated))
-            if per_class is not None
-            else nan,
+            "BWT": backward_transfer(per_class) if per_class is not None else nan,
         }

@@ -4,6 +4,7 @@ from lightning_rec.modules.adapter_finetune import AdapterFineTune
 from lightning_rec.modules.causal_lm import CausalLM
 from lightning_rec.modules.diffureason import DiffuReason
 from lightning_rec.modules.flyprompt import FlyPrompt
+from lightning_rec.modules.gpr import GPR
 from lightning_rec.modules.most_popular import MostPopular
 from lightning_rec.modules.ranking_module import RankingModule
 from lightning_rec.modules.sasrec import SASRec
@@ -11,6 +12,7 @@ from lightning_rec.modules.sequential_recommender import SequentialRecommender
 from lightning_rec.modules.sgrec import SGRec
 
 __all__ = [
+    "GPR",
     "AdapterFineTune",
     "CausalLM",
     "DiffuReason",

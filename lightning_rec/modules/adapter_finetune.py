@@ -54,7 +54,7 @@ from lightning_rec.blocks.smoa import PartitionName, inject_smoa, save_smoa, smo
 from lightning_rec.datamodules.text_tasks import ClassificationBatch, InstructionBatch
 from lightning_rec.hub.cards import render_model_card
 from lightning_rec.hub.config_tree import instantiate_tree
-from lightning_rec.hub.mixin import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, HubMixin
+from lightning_rec.hub.mixin import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, HubMixin, check_vocab, read_json
 from lightning_rec.hub.peft_layout import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
@@ -372,7 +372,11 @@ class AdapterFineTune(HubMixin, L.LightningModule):
             state = get_peft_model_state_dict(self.model, save_embedding_layers=False)
             return {key.removeprefix(PEFT_KEY_PREFIX): value for key, value in state.items()}
         tensors = {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
-        return tensors | smoa_state_dict(self.model)
+        if self.method != "smoa":
+            return tensors
+        # The adapter as save_smoa writes it: PEFT's keys, without the adapter name.
+        adapter = set(smoa_state_dict(self.model))
+        return {k: v for k, v in tensors.items() if k not in adapter} | smoa_state_dict(self.model, "default")
 
     # ------------------------------------------------------------------ hub
     def _save_pretrained(self, save_directory: Path) -> None:
@@ -440,12 +444,7 @@ class AdapterFineTune(HubMixin, L.LightningModule):
         )
         if not (folder / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{source}: no {CONFIG_FILE} to rebuild the model from")
-        tree = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        model = instantiate_tree(tree)
-        if not isinstance(model, cls):
-            raise TypeError(
-                f"{source} holds a {type(model).__name__} ({tree['class_path']}), not a {cls.__name__}"
-            )
+        model = instantiate_tree(read_json(folder / CONFIG_FILE, source), expected=cls)
         if model.method in ("smoa", "lora"):
             _, tensors = read_peft_adapter(folder)
         elif (folder / WEIGHTS_FILE).is_file():
@@ -454,7 +453,7 @@ class AdapterFineTune(HubMixin, L.LightningModule):
             raise FileNotFoundError(f"{source}: no {WEIGHTS_FILE}; weights load from safetensors only")
         model.load_hub_tensors(tensors, source)
         if (folder / VOCAB_FILE).is_file():
-            model.vocab = json.loads((folder / VOCAB_FILE).read_text(encoding="utf-8"))
+            model.vocab = check_vocab(read_json(folder / VOCAB_FILE, source), source)
         return model.to(device).eval()
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
-"""DiffuReason: Think-then-Diffuse sequential recommendation (arXiv 2602.09744).
+"""DiffuReason: Bridging Latent Reasoning and Generative Refinement for Sequential Recommendation
+(arXiv 2602.09744).
 
 Thinking tokens reason over the user's history and form an intent hypothesis (Think); a diffusion
 head refines it, treating the intent as a distribution and denoising the reasoning's noise
@@ -11,15 +12,23 @@ window position whose target is the next item: the last position and ``requests_
 random others, all read from the one encoded window):
 
 1. Backbone: h = encoder(history), next-item cross-entropy at every position (SASRec's loss).
-2. Think: K thought vectors at each request position; the last is the intent hypothesis h0.
+2. Think: K thought vectors at each request position; the last is the intent hypothesis h0. The
+   thoughts are gated residuals on the backbone's state, closed at init: the Think stage starts as
+   the backbone and departs from it only as far as the loss pays for.
 3. Diffuse: diffusion loss on the target item's embedding (direction, scaled to the hidden size)
    conditioned on the thoughts; the deterministic reverse process (eta = 0) refines h0 into the
-   intent; cross-entropy over the full catalogue on the refined intent and on h0.
-4. Align (after ``grpo_warmup_steps``): G stochastic reverse processes (eta > 0) at each window's
-   last request, reward = NDCG (1 / log2(rank + 1)) or reciprocal rank of the target under each
-   sampled intent, group z-scored advantages, PPO-clipped policy loss on per-step log-probabilities.
+   intent, from the thought-conditioned start that inference uses too (``DiffusionHead.forward``);
+   cross-entropy over the full catalogue on the refined intent and on h0.
+4. Align (after ``grpo_warmup_steps``), through the RL core (``lightning_rec.objectives.rollout``):
+   a rollout of G stochastic reverse processes (eta > 0) at each window's last request, under the
+   whole policy (encoder + thinking + head) without dropout, storing each step's log-probability;
+   reward = NDCG (1 / log2(rank + 1)) or reciprocal rank of the target under each sampled intent;
+   group z-scored advantages; then ``ppo_epochs`` passes of PPO-clipped updates against the stored
+   log-probabilities, with the deterministic last reverse step masked out and an optional KL to a
+   frozen copy of the whole policy. Steps 1-3 are trained in the same updates.
 
 Total loss = CE_backbone + w_intent (CE_intent + CE_h0) + w_diffusion L_diffusion + w_grpo L_GRPO.
+Optimisation is manual (several optimizer steps per batch once GRPO runs; ``global_step`` counts them).
 The switches ``use_thinking``, ``use_diffusion`` and ``use_grpo`` give each ablation row from one
 YAML; all three off is the backbone alone (SASRec with the default encoder).
 
@@ -29,25 +38,32 @@ steps, i items (+ 1 for padding).
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from huggingface_hub import ModelCard
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_rec.blocks.diffusion import DiffusionHead
 from lightning_rec.blocks.sequence import SASRec as SASRecEncoder
 from lightning_rec.blocks.sequence import SequenceEncoder
-from lightning_rec.blocks.thinking import ThinkingTokenEncoder
+from lightning_rec.blocks.thinking import FeedbackName, ThinkingTokenEncoder
 from lightning_rec.data.batches import TrainBatch
 from lightning_rec.hub.cards import render_model_card
 from lightning_rec.modules.sequential_recommender import LossName, SequentialRecommender
-from lightning_rec.objectives.grpo import grpo_loss
+from lightning_rec.objectives import PPOConfig, group_advantages
+from lightning_rec.objectives.rollout import (
+    PolicyEvaluation,
+    diffusion_log_probs,
+    diffusion_rollout,
+    frozen_copy,
+    ppo_update,
+)
 
 __all__ = ["DiffuReason"]
 
@@ -60,6 +76,11 @@ class DiffuReason(SequentialRecommender):
     Args:
         encoder: the backbone (SASRec by default in the configs; BERT4Rec, GRU4Rec, HSTU work).
         num_thinking_tokens: K latent reasoning steps (Think).
+        thinking_feedback: ``"gated"`` (zero-initialised gated residual thoughts: Think starts as the
+            backbone) or ``"projected"`` (LayerNorm + projection of the fed-back thought to an item
+            input's scale); see :class:`ThinkingTokenEncoder`.
+        thought_dropout: apply the backbone's dropout to the thought positions too (off by default:
+            the one vector that carries the reasoning is not regularised like an item input).
         diffusion: the diffusion head (Diffuse); default ``DiffusionHead(hidden_size=encoder.hidden_size)``.
         requests_per_window: positions of each training window trained as requests by Think and
             Diffuse: the last one plus random others (causal encoders; a bidirectional encoder
@@ -71,15 +92,17 @@ class DiffuReason(SequentialRecommender):
         use_grpo: GRPO alignment on (needs ``use_diffusion``: the policy is the reverse process).
         intent_loss_weight: weight of the cross-entropy on the refined intent and on h0.
         diffusion_loss_weight: lambda_diff, weight of the diffusion (x0-MSE) loss.
-        grpo_loss_weight: lambda_grpo, weight of the GRPO loss.
+        grpo_loss_weight: lambda_grpo, weight of the GRPO loss (> 0 when ``use_grpo``).
         grpo_warmup_steps: optimizer steps before GRPO starts (the reverse process must first be a
             sensible policy for group-relative rewards to say anything).
         group_size: G sampled intents per request.
         sampling_eta: DDIM eta of the sampled reverse processes (> 0: a stochastic policy).
         reward: ``"ndcg"`` (1 / log2(rank + 1), NDCG with one relevant item) or ``"reciprocal_rank"``.
         clip_epsilon: PPO clip range of the policy ratio.
-        kl_coef: weight of the k3 KL to a frozen copy of the diffusion head taken when GRPO starts
-            (0 disables the copy).
+        kl_coef: weight of the k3 KL to a frozen copy of the whole policy (encoder, thinking, head)
+            taken when GRPO starts (0 disables the copy).
+        ppo_epochs: PPO passes over each rollout; above 1 the ratio leaves 1 and the clip engages.
+        num_minibatches: optimizer steps per pass (the batch's requests split at random).
         loss, num_negatives, cloze_mask_prob, learning_rate, weight_decay, warmup_steps, ks,
             mask_history, pretrained: as :class:`SequentialRecommender`.
     """
@@ -88,6 +111,8 @@ class DiffuReason(SequentialRecommender):
         self,
         encoder: SequenceEncoder,
         num_thinking_tokens: int = 2,
+        thinking_feedback: FeedbackName = "gated",
+        thought_dropout: bool = False,
         diffusion: DiffusionHead | None = None,
         requests_per_window: int = 8,
         use_thinking: bool = True,
@@ -102,6 +127,8 @@ class DiffuReason(SequentialRecommender):
         reward: RewardName = "ndcg",
         clip_epsilon: float = 0.2,
         kl_coef: float = 0.0,
+        ppo_epochs: int = 1,
+        num_minibatches: int = 1,
         loss: LossName = "ce",
         num_negatives: int = 1,
         cloze_mask_prob: float = 0.2,
@@ -131,15 +158,20 @@ class DiffuReason(SequentialRecommender):
             raise ValueError(f"requests_per_window must be >= 1, got {requests_per_window}")
         if reward not in ("ndcg", "reciprocal_rank"):
             raise ValueError(f"reward must be 'ndcg' or 'reciprocal_rank', got {reward!r}")
-        if use_grpo and (group_size < 2 or sampling_eta <= 0):
+        if use_grpo and (group_size < 2 or sampling_eta <= 0 or grpo_loss_weight <= 0):
             raise ValueError(
-                f"GRPO needs group_size >= 2 and sampling_eta > 0 (a stochastic policy), got "
-                f"group_size={group_size}, sampling_eta={sampling_eta}"
+                f"GRPO needs group_size >= 2, sampling_eta > 0 (a stochastic policy) and "
+                f"grpo_loss_weight > 0, got group_size={group_size}, sampling_eta={sampling_eta}, "
+                f"grpo_loss_weight={grpo_loss_weight}"
             )
         self.use_thinking = use_thinking
         self.use_diffusion = use_diffusion
         self.use_grpo = use_grpo
-        self.thinking = ThinkingTokenEncoder(encoder, num_thinking_tokens) if use_thinking else None
+        self.thinking = (
+            ThinkingTokenEncoder(encoder, num_thinking_tokens, thinking_feedback, thought_dropout)
+            if use_thinking
+            else None
+        )
         if use_diffusion:
             diffusion = diffusion if diffusion is not None else DiffusionHead(hidden_size=encoder.hidden_size)
             if diffusion.hidden_size != encoder.hidden_size:
@@ -156,11 +188,14 @@ class DiffuReason(SequentialRecommender):
         self.group_size = group_size
         self.sampling_eta = sampling_eta
         self.reward_name = reward
-        self.clip_epsilon = clip_epsilon
-        self.kl_coef = kl_coef
-        # The KL reference is a frozen snapshot, not a submodule: it is neither trained nor saved
-        # (a resumed run takes a new snapshot when GRPO resumes).
-        self._reference: DiffusionHead | None = None
+        self.ppo = PPOConfig(
+            ppo_epochs=ppo_epochs, num_minibatches=num_minibatches, clip_epsilon=clip_epsilon, kl_coef=kl_coef
+        )
+        # Several optimizer steps per batch once GRPO runs (PPO epochs over one rollout).
+        self.automatic_optimization = False
+        # The KL reference is a frozen snapshot of the whole policy, not a submodule: it is neither
+        # trained nor saved (a resumed run takes a new snapshot when GRPO resumes).
+        self._reference: nn.ModuleDict | None = None
         if pretrained is not None:
             self.load_pretrained(pretrained)
 
@@ -214,14 +249,7 @@ class DiffuReason(SequentialRecommender):
         ``encoder.encode_prefix(request_ids)`` when already computed. ``positions`` ``(b r)``: one
         request per position, each from the history up to it -> ``(b r k d)``.
         """
-        if self.thinking is not None:
-            return self.thinking(request_ids, prefix=prefix, positions=positions)
-        hidden = prefix[0] if prefix is not None else self.encoder(request_ids)
-        if positions is None:
-            return hidden[:, -1:]
-        return rearrange(
-            hidden.gather(1, repeat(positions, "b r -> b r d", d=hidden.shape[-1])), "b r d -> b r 1 d"
-        )
+        return think(self.encoder, self.thinking, request_ids, prefix, positions)
 
     def request_positions(self, target_ids: Tensor) -> Tensor:
         """``(b n)`` window targets -> ``(b r)`` positions trained as requests: the last, then random
@@ -232,7 +260,8 @@ class DiffuReason(SequentialRecommender):
         return choice.topk(min(self.requests_per_window, target_ids.shape[1]), dim=1).indices
 
     def user_representation(self, input_ids: Tensor) -> Tensor:
-        """``(b n)`` history -> ``(b d)`` refined intent (deterministic: eta = 0, fixed start noise)."""
+        """``(b n)`` history -> ``(b d)`` refined intent (deterministic: eta = 0 from the
+        thought-conditioned start, exactly the process the training step ranks with)."""
         condition = self.condition(self.request_ids(input_ids))
         if self.diffusion is None:
             return condition[:, -1]
@@ -250,8 +279,26 @@ class DiffuReason(SequentialRecommender):
         return F.normalize(target, dim=-1) * math.sqrt(self.encoder.hidden_size)
 
     # ------------------------------------------------------------ training
-    def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
-        batch_size = len(batch)
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> None:
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+
+        def step(loss: Tensor) -> None:
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+
+        if self.use_grpo and self.global_step >= self.grpo_warmup_steps:
+            logs = self.grpo_update(batch, step)  # 1-3 trained inside, with the policy loss
+        else:
+            loss, logs = self.supervised_loss(batch)  # 1-3
+            step(loss)
+            logs["train/loss"] = loss.detach()
+        self.log_dict(logs, batch_size=len(batch))
+
+    def supervised_loss(self, batch: TrainBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Steps 1-3 of the algorithm box on a batch: the loss and its parts to log."""
         # 1. Backbone: next-item loss at every position (cloze for bidirectional encoders).
         if self.encoder.causal:
             # The encoded history (a KV cache for transformers) is reused by the Think stage.
@@ -263,83 +310,121 @@ class DiffuReason(SequentialRecommender):
             request_prefix = None
         supervised = targets > 0
         loss = backbone_loss = self._next_item_loss(hidden[supervised], targets[supervised])
-        logs = {"train/backbone_loss": backbone_loss}
+        logs = {"train/backbone_loss": backbone_loss.detach()}
+        if self.thinking is None and self.diffusion is None:
+            return loss, logs
+        # 2. Think, at r positions of each window: (b r k d), request targets (b r).
+        if self.requests_per_window > 1:
+            positions = self.request_positions(batch.target_ids)
+            conditions = self.condition(batch.input_ids, request_prefix, positions)
+            request_targets = batch.target_ids.gather(1, positions)
+        else:
+            conditions = rearrange(
+                self.condition(self.request_ids(batch.input_ids), request_prefix), "b k d -> b 1 k d"
+            )
+            request_targets = batch.target_ids[:, -1:]
+        is_request = request_targets > 0
+        condition, target = conditions[is_request], request_targets[is_request]  # (m k d), (m)
+        hypothesis = condition[:, -1]
+        # 3. Diffuse: learn to denoise the target intent, then rank with the refined intent.
+        if self.diffusion is not None:
+            diffusion_loss = self.diffusion.loss(self.intent_target(target), condition)
+            # The served process (forward: eta = 0, the start's mean), not a noise-started one:
+            # the intent this loss ranks with is the intent inference ranks with.
+            intent = self.diffusion(condition)
+            intent_loss = self._next_item_loss(intent, target) + self._next_item_loss(hypothesis, target)
+            loss = loss + self.diffusion_loss_weight * diffusion_loss
+            logs["train/diffusion_loss"] = diffusion_loss.detach()
+        else:
+            intent_loss = self._next_item_loss(hypothesis, target)
+        loss = loss + self.intent_loss_weight * intent_loss
+        logs["train/intent_loss"] = intent_loss.detach()
+        return loss, logs
 
-        if self.thinking is not None or self.diffusion is not None:
-            # 2. Think, at r positions of each window: (b r k d), request targets (b r).
-            if self.requests_per_window > 1:
-                positions = self.request_positions(batch.target_ids)
-                conditions = self.condition(batch.input_ids, request_prefix, positions)
-                request_targets = batch.target_ids.gather(1, positions)
-            else:
-                conditions = rearrange(
-                    self.condition(self.request_ids(batch.input_ids), request_prefix), "b k d -> b 1 k d"
-                )
-                request_targets = batch.target_ids[:, -1:]
-            is_request = request_targets > 0
-            condition, target = conditions[is_request], request_targets[is_request]  # (m k d), (m)
-            hypothesis = condition[:, -1]
-            # 3. Diffuse: learn to denoise the target intent, then rank with the refined intent.
-            if self.diffusion is not None:
-                diffusion_loss = self.diffusion.loss(self.intent_target(target), condition)
-                intent = self.diffusion.sample(condition, eta=0.0).x0
-                intent_loss = self._next_item_loss(intent, target) + self._next_item_loss(hypothesis, target)
-                loss = loss + self.diffusion_loss_weight * diffusion_loss
-                logs["train/diffusion_loss"] = diffusion_loss
-            else:
-                intent_loss = self._next_item_loss(hypothesis, target)
-            loss = loss + self.intent_loss_weight * intent_loss
-            logs["train/intent_loss"] = intent_loss
-            # 4. Align the reverse process with the ranking metric, at each window's last position.
-            if self.use_grpo and self.global_step >= self.grpo_warmup_steps:
-                grpo, diagnostics = self.grpo_step(conditions[:, 0], request_targets[:, 0])
-                loss = loss + self.grpo_loss_weight * grpo
-                logs.update({f"train/grpo_{name}": value for name, value in diagnostics.items()})
-        self.log_dict(logs, batch_size=batch_size)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        return loss
+    def grpo_update(self, batch: TrainBatch, step: Callable[[Tensor], None]) -> dict[str, Tensor]:
+        """4. Align, with steps 1-3 in the same updates; ``step`` takes a loss and makes an optimizer step.
 
-    def grpo_step(self, condition: Tensor, target_ids: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """GRPO on the reverse diffusion: condition ``(b k d)``, targets ``(b)`` -> loss, diagnostics.
-
-        Each of the G sampled intents is scored over the full catalogue; its reward is the ranking
-        utility of the target. The sampled trajectories are the actions and their per-step
-        Gaussian log-probabilities the policy's log-likelihood (as DDPO, arXiv 2305.13301). One
-        update per sample batch, so the old log-probabilities are the current ones, detached.
+        The policy is the whole reverse process given the history: encoder, thinking and head. A
+        rollout samples G intents per window (each window's last request) under it, in eval mode (a
+        dropout mask would be part of the action's density that no later pass could reproduce), and
+        stores each stochastic step's log-probability; ``ppo_update`` then re-evaluates the current
+        policy on the stored trajectories for each minibatch. The supervised losses of a minibatch's
+        rows ride along the first time those rows are seen, at weight 1 / lambda_grpo: the PPO loss
+        enters at weight 1, and AdamW's step is invariant to the loss scale, so this is the step of
+        supervised + lambda_grpo * PPO.
         """
-        group = repeat(condition, "b k d -> (b g) k d", g=self.group_size)
-        # The policy is the reverse process without dropout: a dropout mask would be part of the
-        # action's density that neither the KL reference nor a later ratio could reproduce.
-        training = self.diffusion.training
-        self.diffusion.eval()
+        request_ids = self.request_ids(batch.input_ids)
+        targets = batch.target_ids[:, -1]
+        if self.ppo.kl_coef > 0 and self._reference is None:
+            policy = {"encoder": self.encoder, "thinking": self.thinking, "diffusion": self.diffusion}
+            # object.__setattr__: an nn.Module attribute would be registered (trained, saved).
+            object.__setattr__(
+                self,
+                "_reference",
+                frozen_copy(nn.ModuleDict({k: v for k, v in policy.items() if v is not None})),
+            )
+        reference = self._reference
+        with torch.no_grad(), self._policy_eval():
+            reference_condition = (
+                None
+                if reference is None
+                else think(
+                    reference["encoder"],
+                    reference["thinking"] if "thinking" in reference else None,
+                    request_ids,
+                )
+            )
+            rollout = diffusion_rollout(
+                self.diffusion,
+                self.condition(request_ids),
+                self.group_size,
+                eta=self.sampling_eta,
+                reference=None if reference is None else reference["diffusion"],
+                reference_condition=reference_condition,
+            )
+            rewards = rearrange(
+                self.ranking_reward(
+                    rearrange(rollout.x0, "b g d -> (b g) d"),
+                    repeat(targets, "b -> (b g)", g=self.group_size),
+                ),
+                "(b g) -> b g",
+                g=self.group_size,
+            )
+        supervised_done = torch.zeros(len(batch), dtype=torch.bool)
+        logs: dict[str, Tensor] = {}
+
+        def evaluate(groups: Tensor) -> PolicyEvaluation:
+            fresh = groups[~supervised_done[groups]]
+            supervised_done[fresh] = True
+            # Zero, not None, on later passes: ppo_update averages the diagnostic over every update.
+            auxiliary = torch.zeros((), device=batch.input_ids.device)
+            if len(fresh) > 0:
+                rows = fresh.to(batch.input_ids.device)
+                loss, parts = self.supervised_loss(TrainBatch(batch.input_ids[rows], batch.target_ids[rows]))
+                auxiliary = loss * (len(fresh) / len(batch)) / self.grpo_loss_weight
+                logs.update(parts)
+            with self._policy_eval():
+                condition = self.condition(request_ids[groups.to(request_ids.device)])
+                log_probs = diffusion_log_probs(self.diffusion, condition, rollout.select(groups))
+            return PolicyEvaluation(log_probs, auxiliary_loss=auxiliary)
+
+        diagnostics = ppo_update(rollout, group_advantages(rewards), evaluate, step, self.ppo)
+        logs |= {f"train/grpo_{name}": value for name, value in diagnostics.items()}
+        logs["train/grpo_reward_mean"] = rewards.mean()
+        return logs
+
+    @contextmanager
+    def _policy_eval(self) -> Iterator[None]:
+        """The policy (encoder, thinking, head) in eval mode, each submodule's mode restored after."""
+        policy = [module for module in (self.encoder, self.thinking, self.diffusion) if module is not None]
+        modes = [(module, module.training) for part in policy for module in part.modules()]
+        for part in policy:
+            part.eval()
         try:
-            sample = self.diffusion.sample(group, eta=self.sampling_eta)
+            yield
         finally:
-            self.diffusion.train(training)
-        with torch.no_grad():
-            targets = repeat(target_ids, "b -> (b g)", g=self.group_size)
-            rewards = rearrange(self.ranking_reward(sample.x0, targets), "(b g) -> b g", g=self.group_size)
-        log_probs = rearrange(sample.log_probs, "(b g) s -> b g s", g=self.group_size)
-        reference = None
-        if self.kl_coef > 0:
-            if self._reference is None:
-                # object.__setattr__: an nn.Module attribute would be registered (trained, saved).
-                object.__setattr__(
-                    self, "_reference", copy.deepcopy(self.diffusion).requires_grad_(False).eval()
-                )
-            with torch.no_grad():
-                reference = self._reference.trajectory_log_probs(
-                    group, sample.trajectory, sample.timesteps, self.sampling_eta
-                )
-            reference = rearrange(reference, "(b g) s -> b g s", g=self.group_size)
-        return grpo_loss(
-            log_probs,
-            log_probs.detach(),
-            rewards,
-            clip_epsilon=self.clip_epsilon,
-            ref_log_probs=reference,
-            kl_coef=self.kl_coef,
-        )
+            for module, training in modes:
+                module.training = training
 
     def ranking_reward(self, intents: Tensor, target_ids: Tensor) -> Tensor:
         """Intents ``(m d)``, targets ``(m)`` -> reward ``(m)``: the target's utility under full ranking.
@@ -354,3 +439,23 @@ class DiffuReason(SequentialRecommender):
         if self.reward_name == "ndcg":
             return 1.0 / torch.log2(rank + 1.0)
         return 1.0 / rank
+
+
+def think(
+    encoder: SequenceEncoder,
+    thinking: ThinkingTokenEncoder | None,
+    request_ids: Tensor,
+    prefix: tuple[Tensor, object] | None = None,
+    positions: Tensor | None = None,
+) -> Tensor:
+    """The Think stage of a policy given as its modules (the trained one or the KL reference's copy):
+    request ids ``(b n)`` -> condition ``(b k d)`` (``(b r k d)`` at ``positions`` ``(b r)``); without
+    thinking, the backbone's state ``(b 1 d)``."""
+    if thinking is not None:
+        return thinking(request_ids, prefix=prefix, positions=positions)
+    hidden = prefix[0] if prefix is not None else encoder(request_ids)
+    if positions is None:
+        return hidden[:, -1:]
+    return rearrange(
+        hidden.gather(1, repeat(positions, "b r -> b r d", d=hidden.shape[-1])), "b r d -> b r 1 d"
+    )

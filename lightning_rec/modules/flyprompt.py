@@ -34,15 +34,18 @@ Axes: b batch, c classes, d hidden size.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from einops import rearrange
 from huggingface_hub import ModelCard
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
@@ -65,19 +68,51 @@ def _prompted_encoder(
     prompt_length: int,
     prompt_layers: Sequence[int],
     pooling: Pooling,
+    add_cls_position: bool,
 ) -> DeepPrompts:
     """Deep prompts on ``backbone``: a config dict (random weights) or a pretrained folder / Hub id."""
     if isinstance(backbone, dict):
-        return DeepPrompts(backbone, num_experts, prompt_length, prompt_layers, pooling)
+        return DeepPrompts(backbone, num_experts, prompt_length, prompt_layers, pooling, add_cls_position)
     from transformers import AutoModel
 
     # Safetensors only and never trust_remote_code: a Hub id names weights, not code to run.
     pretrained = AutoModel.from_pretrained(resolve_pretrained(backbone), use_safetensors=True)
-    prompts = DeepPrompts(
-        pretrained.config.to_diff_dict(), num_experts, prompt_length, prompt_layers, pooling
+    return DeepPrompts.from_model(
+        pretrained, num_experts, prompt_length, prompt_layers, pooling, add_cls_position
     )
-    prompts.backbone.load_state_dict(pretrained.state_dict(), strict=True)
-    return prompts
+
+
+def _image_normalisation(backbone: str | dict[str, Any]) -> tuple[list[float], list[float]] | None:
+    """The backbone's own ``image_mean`` / ``image_std`` (its ``preprocessor_config.json``, read as JSON),
+    or ``None`` (a config dict, a text encoder, or a processor that does not normalise)."""
+    if isinstance(backbone, dict):
+        return None
+    path = Path(resolve_pretrained(backbone)) / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if not config.get("do_normalize", True) or "image_mean" not in config:
+        return None
+    return list(config["image_mean"]), list(config["image_std"])
+
+
+def _official_augmentation() -> Any:
+    """The official training augmentation of image batches ``(b c h w)`` in [0, 1]: a random crop with
+    4 pixels of padding, a horizontal flip and AutoAugment (ImageNet policy). Needs torchvision."""
+    try:
+        from torchvision import transforms
+    except ImportError as error:
+        raise ImportError("augment=True needs torchvision (pip install torchvision)") from error
+
+    def augment(images: Tensor) -> Tensor:
+        crop = transforms.RandomCrop(images.shape[-1], padding=4)
+        policy = transforms.AutoAugment(transforms.AutoAugmentPolicy.IMAGENET)
+        # AutoAugment works on uint8 images; a batch shares one draw per transform, as the official
+        # code applies its transform to the whole batch tensor.
+        as_bytes = (transforms.RandomHorizontalFlip()(crop(images)) * 255).round().to(torch.uint8)
+        return policy(as_bytes).float() / 255
+
+    return augment
 
 
 class FlyPrompt(HubMixin, L.LightningModule):
@@ -96,7 +131,8 @@ class FlyPrompt(HubMixin, L.LightningModule):
         prompt_layers: the prompted blocks (the paper's 0-4).
         pooling: ``"cls"`` (ViT) or ``"mean"`` (sentence encoders such as MiniLM).
         expand_dim: the router's random expansion (the paper's 10000; its Gram matrix is
-            ``expand_dim**2`` floats, see :class:`~lightning_rec.blocks.RandomExpandedAnalyticRouter`).
+            ``expand_dim**2`` floats, see :class:`~lightning_rec.blocks.RandomExpandedAnalyticRouter`);
+            0 routes on the frozen features without expansion (the official ``M = 0``).
         ridge: the router's ridge (the paper's 1e4).
         ema_decays: decays of the EMA heads (the paper's 0.9 and 0.99).
         online_iterations: optimizer steps per stream batch (the paper's 3).
@@ -106,6 +142,15 @@ class FlyPrompt(HubMixin, L.LightningModule):
         use_router: route test instances (``False``: every instance goes to the latest expert).
         use_temporal_ensemble: predict with the EMA-head ensemble (``False``: the online head alone).
         max_length: tokens kept per text (texts are tokenised by the backbone's tokenizer).
+        add_cls_position: add the backbone's CLS position embedding to every prompt token (the
+            official code); ``False`` inserts the raw prompts.
+        reset_first_moment: zero Adam's first moment of the prompts when a new expert starts (off, as
+            in the official code; on, the earlier experts' prompts stop drifting on momentum).
+        router_seed: seed of the router's random expansion; ``None`` takes the run's seed
+            (``torch.initial_seed()``, which ``seed_everything`` sets), so seeds vary the router too.
+        augment: the official training augmentation of images (crop, flip, AutoAugment) on every
+            online step; needs torchvision. Images are always normalised with the pretrained
+            backbone's own mean and std when its folder has a ``preprocessor_config.json``.
     """
 
     def __init__(
@@ -125,6 +170,10 @@ class FlyPrompt(HubMixin, L.LightningModule):
         use_router: bool = True,
         use_temporal_ensemble: bool = True,
         max_length: int = 128,
+        add_cls_position: bool = True,
+        reset_first_moment: bool = False,
+        router_seed: int | None = None,
+        augment: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1 or online_iterations < 1:
@@ -144,11 +193,20 @@ class FlyPrompt(HubMixin, L.LightningModule):
         self.use_router = use_router
         self.use_temporal_ensemble = use_temporal_ensemble
         self.max_length = max_length
+        self.reset_first_moment = reset_first_moment
+        self._augment = _official_augmentation() if augment else None
 
-        self.prompts = _prompted_encoder(backbone, num_experts, prompt_length, prompt_layers, pooling)
+        self.prompts = _prompted_encoder(
+            backbone, num_experts, prompt_length, prompt_layers, pooling, add_cls_position
+        )
         hidden_size = self.prompts.hidden_size
         self.heads = TemporalEnsembleHeads(ClassifierHead(hidden_size, num_classes), num_experts, ema_decays)
-        self.router = RandomExpandedAnalyticRouter(hidden_size, expand_dim, num_experts, ridge)
+        seed = router_seed if router_seed is not None else torch.initial_seed() % 2**63
+        self.router = RandomExpandedAnalyticRouter(hidden_size, expand_dim, num_experts, ridge, seed=seed)
+        normalisation = _image_normalisation(backbone)
+        # Non-persistent: they follow the backbone's folder, not the checkpoint.
+        self.register_buffer("image_mean", torch.tensor(normalisation[0]) if normalisation else None, False)
+        self.register_buffer("image_std", torch.tensor(normalisation[1]) if normalisation else None, False)
         self.register_buffer("seen_classes", torch.zeros(num_classes, dtype=torch.bool))
         self.register_buffer("current_expert", torch.zeros((), dtype=torch.long))
         self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
@@ -173,9 +231,15 @@ class FlyPrompt(HubMixin, L.LightningModule):
 
     # ------------------------------------------------------------ inference
     def encode_inputs(self, inputs: Tensor | list[str]) -> dict[str, Tensor]:
-        """Images ``(b c h w)`` -> ``pixel_values``; texts -> the backbone tokenizer's ids and mask."""
+        """Images ``(b c h w)`` in [0, 1] -> ``pixel_values`` (normalised as the backbone's processor
+        does, when it has one); texts -> the backbone tokenizer's ids and mask."""
         if isinstance(inputs, Tensor):
-            return {"pixel_values": inputs.to(self.device)}
+            pixels = inputs.to(self.device)
+            if self.image_mean is not None:
+                pixels = (pixels - rearrange(self.image_mean, "c -> c 1 1")) / rearrange(
+                    self.image_std, "c -> c 1 1"
+                )
+            return {"pixel_values": pixels}
         if self._tokenizer is None:
             if self.backbone_name is None:
                 raise ValueError("text inputs need a pretrained backbone with a tokenizer, not a config dict")
@@ -247,7 +311,9 @@ class FlyPrompt(HubMixin, L.LightningModule):
             with torch.no_grad():
                 unprompted = self.prompts(encoded)
         for _ in range(self.online_iterations):
-            loss = self.online_step(encoded, unprompted, labels, experts)
+            # The official code draws a fresh augmentation for every online step.
+            augmented = self._augmented(batch.inputs) if self._augment is not None else encoded
+            loss = self.online_step(augmented, unprompted, labels, experts)
         if self.use_router:
             self.router.accumulate(unprompted, experts)
         self.samples_seen.fill_(batch.position)
@@ -255,6 +321,11 @@ class FlyPrompt(HubMixin, L.LightningModule):
         for point in self._due_eval_points(batch.position):
             self.evaluate_stream(point)
         return loss
+
+    def _augmented(self, inputs: Tensor | list[str]) -> dict[str, Tensor]:
+        if not isinstance(inputs, Tensor):
+            raise ValueError("augment=True augments images; this stream holds texts")
+        return self.encode_inputs(self._augment(inputs.to(self.device)))
 
     def start_expert_on_schedule(self) -> int:
         """The expert of the next batch; starts a new one every ``expert_period`` samples."""
@@ -265,11 +336,12 @@ class FlyPrompt(HubMixin, L.LightningModule):
             self.prompts.init_expert(expert)
             self.heads.start_expert(expert)
             self.current_expert.fill_(expert)
-            # The earlier experts' prompts get zero gradients from now on; clearing Adam's first
-            # moment stops them drifting on momentum, and the new expert starts with zero moments.
-            state = self.optimizers().optimizer.state.get(self.prompts.prompts, {})
-            if "exp_avg" in state:
-                state["exp_avg"].zero_()
+            if self.reset_first_moment:
+                # The earlier experts' prompts get zero gradients from now on; clearing Adam's first
+                # moment stops them drifting on momentum, and the new expert starts with zero moments.
+                state = self.optimizers().optimizer.state.get(self.prompts.prompts, {})
+                if "exp_avg" in state:
+                    state["exp_avg"].zero_()
         return expert
 
     def observe_classes(self, labels: Tensor) -> None:
@@ -316,9 +388,8 @@ class FlyPrompt(HubMixin, L.LightningModule):
         result = self.accuracy.compute()
         self.train(was_training)
         self.evaluations.record(
-            point.position, float(result["accuracy"]), result["per_class"], result["count"], point.periodic,
-            point.split_end,
-        )  # fmt: skip
+            point.position, float(result["accuracy"]), result["per_class"], point.periodic, point.split_end
+        )
         self.log("stream/accuracy", result["accuracy"], prog_bar=True)
         if not self._eval_points:  # the stream's last evaluation
             self.stream_results = {

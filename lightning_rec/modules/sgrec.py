@@ -14,17 +14,23 @@ A2PO (:mod:`lightning_rec.objectives.a2po`); no LLM runs at serving time. Two st
 3. Stage A evidence of both items (cached on disk, computed once), then the stage-B loss
    (Bradley-Terry or pairwise GRPO) on the user-conditional aspect weights.
 
-``stage="policy"`` (start from the judge stage: ``pretrained=<ckpt or Hub folder>``), one step on a
-batch of requests (each window's history; its next item is the held-out item of logged data):
+``stage="policy"`` (start from the judge stage: ``pretrained=<ckpt or Hub folder>``), one training
+step on a batch of requests (each window's history; its next item is the held-out item of logged
+data) is one PPO rollout, optimised by hand (``automatic_optimization`` is off in this stage; the
+pattern of :mod:`lightning_rec.objectives.rollout`):
 
-1. Generate: the SASRec policy, a softmax over the catalogue without the history, samples G items.
+1. Generate: the SASRec policy, a softmax over the catalogue without the history, samples G items
+   (:func:`~lightning_rec.objectives.rollout.categorical_rollout`, log-probs stored).
 2. Business reward from a simulator: on the synthetic catalogue, a click sampled from its
    ground-truth ``click_probability`` times the item's bid; on logged data, a hit with the held-out
    item times its bid. The bid is the item's price (the median price where unknown, 1 without prices).
 3. Semantic reward: the judge's holistic score, for a ``judge_rate`` share of requests (the others
    get a constant, hence no semantic advantage).
-4. Update with A2PO (or its ``reward_sum`` / ``adv_sum`` / ``business_only`` ablations), optionally
-   with a k3 KL to the policy the stage started from.
+4. Advantages by A2PO (or its ``reward_sum`` / ``adv_sum`` / ``business_only`` ablations).
+5. ``ppo_epochs`` passes of ``num_minibatches`` clipped updates against the stored log-probs, each
+   with the supervised anchor (``anchor_weight`` times the next-item cross-entropy on the logged
+   windows, so the policy keeps predicting what users do) and optionally a KL (k1/k2/k3) to a frozen
+   copy of the whole policy the stage started from.
 
 Validation and test add to the full-ranking metrics the simulator's expected eCPM of the top
 ``slate_size`` items (``ecpm@10``: p(click) times bid, averaged over the slate, per request), their
@@ -37,8 +43,6 @@ k slate, m aspects, u user features.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -51,6 +55,7 @@ from torchmetrics import MeanMetric
 
 from lightning_rec.blocks.judge import (
     AspectEvidence,
+    CachedEvidence,
     EmbeddingAspectEvidence,
     ItemText,
     LLMAspectEvidence,
@@ -62,7 +67,6 @@ from lightning_rec.blocks.judge import (
 from lightning_rec.blocks.sequence import SASRec as SASRecEncoder
 from lightning_rec.blocks.sequence import SequenceEncoder
 from lightning_rec.data.batches import EvalBatch, TrainBatch, training_windows
-from lightning_rec.data.score_cache import ScoreCache
 from lightning_rec.data.sequences import SequenceData
 from lightning_rec.data.synthetic import SyntheticCatalogue, SyntheticReviews
 from lightning_rec.data.text_files import default_cache_dir
@@ -70,7 +74,15 @@ from lightning_rec.datamodules.sequential import SequentialRecDataModule
 from lightning_rec.hub.cards import render_model_card
 from lightning_rec.hub.pretrained import MINILM_HUB_ID, resolve_pretrained
 from lightning_rec.modules.sequential_recommender import SequentialRecommender
-from lightning_rec.objectives.a2po import A2PO_MODES, A2POMode, a2po_loss
+from lightning_rec.objectives.a2po import A2PO_MODES, A2POMode, a2po_advantages
+from lightning_rec.objectives.ppo import KLEstimator, PPOConfig
+from lightning_rec.objectives.rollout import (
+    PolicyEvaluation,
+    categorical_log_probs,
+    categorical_rollout,
+    frozen_copy,
+    ppo_update,
+)
 
 __all__ = ["BusinessSimulator", "CatalogueSimulator", "LoggedHitSimulator", "SGRec"]
 
@@ -206,8 +218,14 @@ class SGRec(SequentialRecommender):
         semantic_weight: beta of :func:`~lightning_rec.objectives.a2po_advantages`.
         group_size: G items sampled per request.
         judge_rate: share of requests whose samples the judge scores.
-        kl_coef: weight of the k3 KL to the policy the stage started from (0: no reference copy).
-        clip_epsilon: PPO clip range.
+        kl_coef: weight of the KL to the policy the stage started from (0: no reference copy).
+        kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (:func:`~lightning_rec.objectives.kl_estimate`).
+        clip_epsilon: PPO clip range (eps_low).
+        clip_epsilon_high: DAPO's clip-higher eps_high; None means ``clip_epsilon``.
+        ppo_epochs: passes over each rollout (above 1 the ratio leaves 1 and the clip engages).
+        num_minibatches: optimiser steps per pass; each takes a random share of the batch's requests.
+        anchor_weight: weight of the supervised anchor, next-item cross-entropy at every position of
+            the logged windows, added to every PPO update (0: pure RL, which drifts off the data).
         slate_size: items recommended per request for the eCPM and judge-score metrics.
         learning_rate, weight_decay, warmup_steps, ks, mask_history: as :class:`SequentialRecommender`.
         pretrained: a Hub repo id or folder saved by ``save_pretrained``, or a Lightning ``.ckpt`` of
@@ -232,7 +250,12 @@ class SGRec(SequentialRecommender):
         group_size: int = 8,
         judge_rate: float = 1.0,
         kl_coef: float = 0.0,
+        kl_estimator: KLEstimator = "k3",
         clip_epsilon: float = 0.2,
+        clip_epsilon_high: float | None = None,
+        ppo_epochs: int = 1,
+        num_minibatches: int = 1,
+        anchor_weight: float = 0.0,
         slate_size: int = 10,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
@@ -275,6 +298,8 @@ class SGRec(SequentialRecommender):
             raise ValueError(f"group_size must be >= 2 (group-relative advantages), got {group_size}")
         if not 0.0 < judge_rate <= 1.0:
             raise ValueError(f"judge_rate must be in (0, 1], got {judge_rate}")
+        if anchor_weight < 0:
+            raise ValueError(f"anchor_weight must be >= 0, got {anchor_weight}")
         if slate_size < 1 or slate_size > encoder.num_items:
             raise ValueError(f"slate_size must be in [1, num_items={encoder.num_items}], got {slate_size}")
         self.judge = judge if judge is not None else PersonalizedSemanticJudge()
@@ -287,15 +312,23 @@ class SGRec(SequentialRecommender):
         self.semantic_weight = semantic_weight
         self.group_size = group_size
         self.judge_rate = judge_rate
-        self.kl_coef = kl_coef
-        self.clip_epsilon = clip_epsilon
+        self.ppo = PPOConfig(
+            ppo_epochs=ppo_epochs,
+            num_minibatches=num_minibatches,
+            clip_epsilon=clip_epsilon,
+            clip_epsilon_high=clip_epsilon_high,
+            kl_coef=kl_coef,
+            kl_estimator=kl_estimator,
+        )
+        self.anchor_weight = anchor_weight
         self.slate_size = slate_size
+        # PPO takes ppo_epochs * num_minibatches optimiser steps per batch (objectives/rollout.py).
+        self.automatic_optimization = stage != "policy"
         if stage == "policy":
             self.judge.requires_grad_(False)
         self.evidence: AspectEvidence | None = None
         self.simulator: BusinessSimulator | None = None
-        self._aspect_cache: ScoreCache | None = None
-        self._feature_cache: ScoreCache | None = None
+        self._cached_evidence: CachedEvidence | None = None
         self._item_texts: list[ItemText] = []
         self._window_users: dict[bytes, int] = {}
         # The KL reference is a frozen snapshot, not a submodule: neither trained nor saved.
@@ -387,10 +420,7 @@ class SGRec(SequentialRecommender):
         directory = self.score_cache_dir
         if directory is None:
             directory = str(default_cache_dir() / "sgrec_scores")
-        directory = directory or None
-        version = self.evidence.version
-        self._aspect_cache = ScoreCache(self.judge.num_aspects, version, directory, name="aspects")
-        self._feature_cache = ScoreCache(self.evidence.feature_size, version, directory, name="user_features")
+        self._cached_evidence = CachedEvidence(self.evidence, directory or None)
 
     def _load_evidence(self) -> AspectEvidence:
         try:
@@ -415,63 +445,41 @@ class SGRec(SequentialRecommender):
         )  # fmt: skip
 
     def on_train_start(self) -> None:
-        if self.stage == "policy" and self.kl_coef > 0:
-            # object.__setattr__: an nn.Module attribute would be registered (trained, saved).
-            object.__setattr__(self, "_reference", copy.deepcopy(self.encoder).requires_grad_(False).eval())
+        if self.stage == "judge":
+            # The judge's input normalisation, from the user features of every training window.
+            with torch.no_grad():
+                windows = [batch.input_ids for batch in self.trainer.datamodule.train_dataloader()]
+                features = torch.cat([self.judge_user_features(input_ids) for input_ids in windows])
+            self.judge.fit_feature_normalisation(features)
+        if self.stage == "policy" and self.ppo.kl_coef > 0:
+            # The whole policy (encoder and item embeddings). object.__setattr__: an nn.Module attribute
+            # would be registered (trained, saved).
+            object.__setattr__(self, "_reference", frozen_copy(self.encoder))
 
     # ------------------------------------------------------------- the judge
-    def _contexts(self, input_ids: Tensor) -> list[UserContext]:
-        """`b n` histories -> what the judge reads of each user; the key digests that text."""
-        contexts = []
-        for row in input_ids.tolist():
-            history = tuple(self._item_texts[item] for item in row if item > 0)
-            digest = hashlib.blake2b("\x1e".join(item.text for item in history).encode(), digest_size=12)
-            contexts.append(UserContext(key=digest.hexdigest(), history=history))
-        return contexts
-
     def judge_evidence(self, input_ids: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         """Histories `b n` and candidates `b c` -> user features `b u` and aspect evidence `b c m`.
 
-        Served from the score cache, keyed by (digest of the history's texts, item text, evidence
-        version); only what is missing is computed, grouped into one backend call per number of
-        missing candidates.
+        What the judge reads is the items' texts (:meth:`UserContext.of`), served from the score cache
+        (:class:`~lightning_rec.blocks.CachedEvidence`); only what is missing is computed.
         """
-        if self.evidence is None or self._aspect_cache is None or self._feature_cache is None:
-            raise RuntimeError("SGRec's judge is not set up: run it through a Trainer with a datamodule")
-        contexts = self._contexts(input_ids)
-        keys = [context.key for context in contexts]
-        features = self._feature_cache.get_or_compute(
-            keys,
-            [""] * len(keys),
-            lambda missing: self.evidence.user_features([contexts[p] for p in missing]),
-        )
-        c = items.shape[1]
+        contexts = self._judge_contexts(input_ids)
         candidates = [[self._item_texts[item] for item in row] for row in items.tolist()]
-        flat_users = [key for key in keys for _ in range(c)]
-        flat_items = [item.text for row in candidates for item in row]
-
-        def compute(missing: list[int]) -> Tensor:
-            by_row: dict[int, list[int]] = {}
-            for position in missing:
-                by_row.setdefault(position // c, []).append(position)
-            by_count: dict[int, list[int]] = {}
-            for row, positions in by_row.items():
-                by_count.setdefault(len(positions), []).append(row)
-            scores = torch.empty(len(missing), self.judge.num_aspects)
-            slot = {position: index for index, position in enumerate(missing)}
-            for rows in by_count.values():
-                row_positions = [by_row[row] for row in rows]
-                evidence = self.evidence.score(
-                    [contexts[row] for row in rows],
-                    [[candidates[p // c][p % c] for p in positions] for positions in row_positions],
-                )
-                for row_evidence, positions in zip(evidence, row_positions, strict=True):
-                    scores[[slot[p] for p in positions]] = row_evidence
-            return scores
-
-        evidence = self._aspect_cache.get_or_compute(flat_users, flat_items, compute)
-        evidence = evidence.reshape(len(keys), c, self.judge.num_aspects)
+        features = self._cached_evidence.user_features(contexts)
+        evidence = self._cached_evidence.score(contexts, candidates)
         return features.to(self.device), evidence.to(self.device)
+
+    def judge_user_features(self, input_ids: Tensor) -> Tensor:
+        """Histories `b n` -> the judge's user features `b u` (cached)."""
+        return self._cached_evidence.user_features(self._judge_contexts(input_ids)).to(self.device)
+
+    def _judge_contexts(self, input_ids: Tensor) -> list[UserContext]:
+        """`b n` histories -> what the judge reads of each user: the texts of the items."""
+        if self._cached_evidence is None:
+            raise RuntimeError("SGRec's judge is not set up: run it through a Trainer with a datamodule")
+        return [
+            UserContext.of([self._item_texts[item] for item in row if item > 0]) for row in input_ids.tolist()
+        ]
 
     def judge_scores(self, input_ids: Tensor, items: Tensor) -> Tensor:
         """The judge's holistic score `b c` in [0, 1] of candidates `b c` for histories `b n`."""
@@ -479,10 +487,8 @@ class SGRec(SequentialRecommender):
         return self.judge(features, evidence)
 
     def _save_caches(self) -> None:
-        if self.trainer.is_global_zero:
-            for cache in (self._aspect_cache, self._feature_cache):
-                if cache is not None:
-                    cache.save()
+        if self.trainer.is_global_zero and self._cached_evidence is not None:
+            self._cached_evidence.save()
 
     # ------------------------------------------------------------- training
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
@@ -522,54 +528,80 @@ class SGRec(SequentialRecommender):
         # preferred + offset (mod num_items, in 1..num_items) is uniform over the other items.
         return ((preferred.cpu() - 1 + offsets) % self.num_items + 1).to(preferred.device)
 
-    def _log_policy(self, encoder: SequenceEncoder, input_ids: Tensor) -> Tensor:
-        """`b n` histories -> log pi(item | history) `b i`; padding and history items get -inf."""
-        scores = encoder(input_ids)[:, -1] @ encoder.item_embeddings().T
-        scores = scores.scatter(1, input_ids, float("-inf"))  # input_ids holds 0, the padding column
-        return scores.log_softmax(dim=-1)
+    @staticmethod
+    def _policy_logits(encoder: SequenceEncoder, history: Tensor, hidden: Tensor | None = None) -> Tensor:
+        """`b n` histories (and their encoding `b n d`, if already computed) -> the policy's logits `b i`
+        over the catalogue; padding and history items get -inf (the policy never recommends them)."""
+        hidden = encoder(history) if hidden is None else hidden
+        scores = hidden[:, -1] @ encoder.item_embeddings().T
+        return scores.scatter(1, history, float("-inf"))  # history holds 0, the padding column
 
-    def policy_stage_step(self, batch: TrainBatch) -> Tensor:
-        """One A2PO update on a batch of requests (the windows' histories)."""
+    def policy_stage_step(self, batch: TrainBatch) -> None:
+        """One PPO rollout with A2PO advantages on a batch of requests (the windows' histories)."""
         input_ids, targets = batch.input_ids, batch.target_ids[:, -1]
-        # The policy has no dropout: a dropout mask would be part of the action's probability that
-        # neither the KL reference nor the sampled log-probability could reproduce.
+        # The policy has no dropout, at sampling and in the updates: a dropout mask would be part of the
+        # action's probability that neither a later ratio nor the KL reference could reproduce.
         training = self.encoder.training
         self.encoder.eval()
         try:
-            # 1. Generate G items per request.
-            log_policy = self._log_policy(self.encoder, input_ids)  # (b i)
+            # 1. Generate G items per request; their log-probs are stored for the PPO ratio.
+            with torch.no_grad():
+                reference = None
+                if self._reference is not None:
+                    reference = self._policy_logits(self._reference, input_ids)
+                rollout = categorical_rollout(
+                    self._policy_logits(self.encoder, input_ids), self.group_size, reference_logits=reference
+                )
+            items = rollout.actions  # (b g)
+            with torch.no_grad():
+                # 2. Business reward from the simulator.
+                business = self.simulator.sample_reward(self._request_users(batch), targets, items)
+                # 3. Semantic reward from the judge, for a judge_rate share of requests.
+                judged = sample_judged(len(batch), self.judge_rate, device=items.device)
+                semantic = torch.zeros_like(business)
+                if judged.any():
+                    semantic[judged] = self.judge_scores(input_ids[judged], items[judged])
+            # 4. A2PO advantages (or an ablation's).
+            advantages, a2po_diagnostics = a2po_advantages(
+                business, semantic, mode=self.advantage_mode, semantic_weight=self.semantic_weight
+            )
+
+            # 5. PPO epochs over minibatches of requests, each with the supervised anchor.
+            def evaluate(requests: Tensor) -> PolicyEvaluation:
+                history = input_ids[requests]
+                hidden = self.encoder(history)  # (m n d)
+                evaluation = categorical_log_probs(
+                    self._policy_logits(self.encoder, history, hidden), items[requests.to(items.device)]
+                )
+                if self.anchor_weight > 0:
+                    window_targets = batch.target_ids[requests]
+                    supervised = window_targets > 0
+                    anchor = self._next_item_loss(hidden[supervised], window_targets[supervised])
+                    evaluation.auxiliary_loss = self.anchor_weight * anchor
+                return evaluation
+
+            diagnostics = ppo_update(rollout, advantages, evaluate, self._optimizer_step, self.ppo)
         finally:
             self.encoder.train(training)
-        items = torch.multinomial(log_policy.detach().exp(), self.group_size, replacement=True)  # (b g)
-        log_probs = log_policy.gather(1, items)
         with torch.no_grad():
-            # 2. Business reward from the simulator.
-            business = self.simulator.sample_reward(self._request_users(batch), targets, items)
-            # 3. Semantic reward from the judge, for a judge_rate share of requests.
-            judged = sample_judged(len(batch), self.judge_rate, device=items.device)
-            semantic = torch.zeros_like(business)
-            if judged.any():
-                semantic[judged] = self.judge_scores(input_ids[judged], items[judged])
-            reference = None
-            if self._reference is not None:
-                reference = self._log_policy(self._reference, input_ids).gather(1, items)
-        # 4. A2PO.
-        loss, diagnostics = a2po_loss(
-            log_probs,
-            log_probs.detach(),
-            business,
-            semantic,
-            mode=self.advantage_mode,
-            semantic_weight=self.semantic_weight,
-            clip_epsilon=self.clip_epsilon,
-            ref_log_probs=reference,
-            kl_coef=self.kl_coef if reference is not None else 0.0,
-        )
+            diagnostics |= a2po_diagnostics | {
+                "business_reward_mean": business.mean(),
+                "semantic_reward_mean": semantic.mean(),
+            }
         self.log_dict(
             {f"train/a2po_{name}": value for name, value in diagnostics.items()}, batch_size=len(batch)
         )
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
-        return loss
+        self.log("train/loss", diagnostics["loss"], prog_bar=True, batch_size=len(batch))
+
+    def _optimizer_step(self, loss: Tensor) -> None:
+        """One manual optimiser step (and the warm-up schedule's step, which Lightning leaves to us)."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
 
     def _request_users(self, batch: TrainBatch) -> Tensor | None:
         """The data user of each training window, for simulators that need one."""

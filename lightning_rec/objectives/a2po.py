@@ -29,7 +29,9 @@ The ablations the paper reports (they must exist to reproduce its table):
 - ``"adv_sum"``: A = A_biz + beta * A_sem, unanchored (semantic can flip the business direction);
 - ``"business_only"``: A = A_biz (GRPO on the business reward; beta unused).
 
-Advantages and the clipped surrogate come from :mod:`lightning_rec.objectives.grpo`.
+Advantages come from :mod:`lightning_rec.objectives.grpo`, the clipped surrogate from
+:mod:`lightning_rec.objectives.ppo`; for PPO epochs over a stored rollout pass :func:`a2po_advantages` to
+:func:`~lightning_rec.objectives.rollout.ppo_update`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from lightning_rec.objectives.grpo import Aggregation, clipped_policy_loss, group_advantages
+from lightning_rec.objectives.grpo import group_advantages
+from lightning_rec.objectives.ppo import Aggregation, ppo_loss
 
 __all__ = ["A2PO_MODES", "A2POMode", "a2po_advantages", "a2po_loss", "anchor_weights"]
 
@@ -165,10 +168,10 @@ def a2po_loss(
         mask: same shape as `log_probs`, True at valid steps; None means all valid.
         mode, semantic_weight, scale_rewards: as in :func:`a2po_advantages`.
         clip_epsilon, clip_epsilon_high, ref_log_probs, kl_coef, aggregation: as in
-            :func:`~lightning_rec.objectives.clipped_policy_loss` (`ref_log_probs` shaped like `log_probs`).
+            :func:`~lightning_rec.objectives.ppo_loss` (`ref_log_probs` shaped like `log_probs`).
 
     Returns:
-        The loss and the diagnostics of ``clipped_policy_loss`` and :func:`a2po_advantages`, plus
+        The loss and the diagnostics of ``ppo_loss`` and :func:`a2po_advantages`, plus
         "business_reward_mean" and "semantic_reward_mean".
     """
     if business_rewards.dim() != 2:
@@ -194,7 +197,7 @@ def a2po_loss(
         semantic_weight=semantic_weight,
         scale_rewards=scale_rewards,
     )
-    loss, clip_diagnostics = clipped_policy_loss(
+    loss, clip_diagnostics = ppo_loss(
         _flatten_groups(log_probs),
         _flatten_groups(old_log_probs),
         rearrange(advantages, "b g -> (b g)"),

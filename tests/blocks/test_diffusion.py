@@ -159,10 +159,12 @@ def test_sample_shapes_finite_and_deterministic_per_generator(denoiser, eta):
     assert torch.isfinite(first.trajectory).all()
     assert torch.equal(first.trajectory[:, -1], first.x0)
     assert torch.equal(first.x0, second.x0) and torch.equal(first.trajectory, second.trajectory)
-    assert not torch.allclose(first.x0, other.x0, atol=1e-4)
     if eta == 0:
+        # The start is the thought-conditioned start's mean: nothing random is left.
+        assert torch.equal(first.x0, other.x0) and torch.equal(first.x0, head(cond))
         assert first.log_probs is None
     else:
+        assert not torch.allclose(first.x0, other.x0, atol=1e-4)
         assert first.log_probs.shape == (BATCH, 4) and torch.isfinite(first.log_probs).all()
         assert torch.equal(first.log_probs, second.log_probs)
     assert torch.equal(head(cond), head(cond))
@@ -175,10 +177,10 @@ def test_strided_timesteps_and_sdedit_start():
     with torch.no_grad():
         assert head.sample(cond).timesteps.tolist() == [32, 28, 23, 19, 14, 10, 5, 1, 0]
         assert head.sample(cond, steps=32).timesteps.tolist() == list(range(32, -1, -1))
-        sample = head.sample(cond, steps=3, x_start=guess, strength=0.5, generator=seeded(9))
+        noise = torch.randn(BATCH, HIDDEN_SIZE, generator=seeded(9))
+        sample = head.sample(cond, steps=3, x_start=guess, strength=0.5, start_noise=noise)
     assert sample.timesteps.tolist() == [16, 8, 1, 0]
-    # The start is the guess noised to t = 16 with the generator's first draw.
-    noise = torch.randn(BATCH, HIDDEN_SIZE, generator=seeded(9))
+    # The start is the guess noised to t = 16.
     a = head.alphas_cumprod[16]
     assert torch.allclose(sample.trajectory[:, 0], a.sqrt() * guess + (1 - a).sqrt() * noise, atol=1e-6)
 
@@ -296,8 +298,8 @@ def test_runs_under_bf16_autocast_with_float32_log_probs(denoiser):
     [
         (lambda head, cond: head.sample(cond, eta=1.5), "eta"),
         (lambda head, cond: head.sample(cond, steps=9), "steps"),
-        (lambda head, cond: head.sample(cond, strength=0.5), "x_start"),
-        (lambda head, cond: head.sample(cond[:, :, :4]), "condition"),
+        (lambda head, cond: head.sample(cond, strength=0.01), "strength"),
+        (lambda head, cond: head.sample(cond[:, :, :4]), "condition_size"),
         (
             lambda head, cond: head.trajectory_log_probs(
                 cond, torch.zeros(BATCH, 3, 16), torch.arange(3), 0.0
@@ -329,7 +331,8 @@ def test_bad_constructor_arguments_raise():
 
 
 def test_forward_is_batch_independent():
-    """Inference starts at the prior's mean: a row's result does not depend on its batch (DDP shards)."""
+    """Inference starts at the thought-conditioned start's mean, so a row's result does not depend on its
+    batch (DDP shards)."""
     torch.manual_seed(0)
     head = DiffusionHead(hidden_size=16, num_steps=8, sampling_steps=4, dropout=0.0).eval()
     torch.nn.init.normal_(head.denoiser.output.weight, std=0.3)
@@ -339,4 +342,48 @@ def test_forward_is_batch_independent():
     torch.testing.assert_close(whole, parts)
     zero_start = head.sample(condition, start_noise=torch.zeros(6, 16)).x0
     torch.testing.assert_close(whole, zero_start)
-    assert not torch.allclose(whole, head.sample(condition, generator=torch.Generator().manual_seed(1)).x0)
+    noise = torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(whole, head.sample(condition, start_noise=noise).x0)
+
+
+def test_one_thought_conditioned_start_for_every_caller():
+    """x_{t_S} = sqrt(a) h0 + sqrt(1 - a) eps with eps = 0 unless given: forward, a deterministic
+    sample and a stochastic one all start there; on a linear schedule a_T is far from 0, so the start
+    is visibly the hypothesis."""
+    head = build("mlp", schedule="linear")
+    cond = condition()
+    a = head.alphas_cumprod[NUM_STEPS]
+    assert a > 0.5
+    with torch.no_grad():
+        stochastic = head.sample(cond, eta=1.0, generator=seeded(21))
+        deterministic = head.sample(cond)
+        served = head(cond)
+        noise = torch.randn(BATCH, HIDDEN_SIZE, generator=seeded(22))
+        noise_started = head.sample(cond, start_noise=noise)
+    for sample in (stochastic, deterministic):
+        torch.testing.assert_close(sample.trajectory[:, 0], a.sqrt() * cond[:, -1])
+    torch.testing.assert_close(served, deterministic.x0)
+    torch.testing.assert_close(
+        noise_started.trajectory[:, 0], a.sqrt() * cond[:, -1] + (1 - a).sqrt() * noise
+    )
+    assert not torch.allclose(served, noise_started.x0, atol=1e-3)
+
+
+def test_a_condition_of_another_width_goes_through_a_learned_projection():
+    """Issue 19: a width-48 condition into a width-32 head. The projection is the residual start
+    (x0_hat = W c_last + b at init), it trains, and equal widths keep the identity start."""
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="condition_size"):
+        DiffusionHead(hidden_size=32, num_steps=8, sampling_steps=4).sample(torch.randn(4, 2, 48))
+    head = DiffusionHead(hidden_size=32, num_steps=8, sampling_steps=4, condition_size=48)
+    cond = torch.randn(4, 2, 48)
+    projection = head.condition_projection
+    torch.testing.assert_close(head(cond), projection(cond[:, -1]))
+    sample = head.sample(cond, eta=1.0, generator=seeded(22))
+    assert sample.x0.shape == (4, 32) and sample.log_probs.shape == (4, 4)
+    torch.testing.assert_close(
+        head.trajectory_log_probs(cond, sample.trajectory, sample.timesteps, 1.0), sample.log_probs
+    )
+    head.loss(torch.randn(4, 32), cond).backward()
+    assert projection.weight.grad.abs().sum() > 0
+    assert DiffusionHead(hidden_size=32, condition_size=32).condition_projection is None

@@ -29,20 +29,23 @@ def pixels(batch: int = 5) -> torch.Tensor:
 
 def manual_vit(model: DeepPrompts, images: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     """The official FlyGCL loop written out: append the expert's prompts before each prompted block,
-    drop them after it, final LayerNorm, CLS token."""
+    drop them after it, final LayerNorm, CLS token; the prompts carry the CLS position embedding
+    (``prompts + pos_embed[:, :1, :]``) unless the model was built without it."""
     backbone = model.backbone
     hidden = backbone.embeddings(images)
     length = hidden.shape[1]
+    cls_position = backbone.embeddings.position_embeddings[0, 0] if model.add_cls_position else 0.0
     for index, layer in enumerate(backbone.layers):
         if index in model.prompt_layers:
-            prompts = model.prompts[experts, model.prompt_layers.index(index)]
+            prompts = model.prompts[experts, model.prompt_layers.index(index)] + cls_position
             hidden = torch.cat([hidden, prompts], dim=1)
         hidden = layer(hidden, None)[:, :length]
     return backbone.layernorm(hidden)[:, 0]
 
 
-def test_vit_prompts_equal_the_official_loop_written_out():
-    model = vit_prompts()
+@pytest.mark.parametrize("add_cls_position", [True, False])
+def test_vit_prompts_equal_the_official_loop_written_out(add_cls_position):
+    model = vit_prompts(add_cls_position=add_cls_position)
     with torch.no_grad():
         model.prompts.normal_()  # distinct prompts per expert and layer
     experts = torch.tensor([2, 0, 1, 2, 0])
@@ -73,9 +76,11 @@ def test_bert_prompts_equal_a_manual_loop_and_ignore_padding():
     hidden = backbone.embeddings(input_ids=ids)
     keys = torch.cat([mask, torch.ones(2, 3, dtype=mask.dtype)], dim=1)  # prompts are always visible
     additive = rearrange((1.0 - keys.float()) * torch.finfo(torch.float32).min, "b k -> b 1 1 k")
+    cls_position = backbone.embeddings.position_embeddings.weight[0]  # BERT's position 0
     for index, layer in enumerate(backbone.encoder.layer):
         if index in model.prompt_layers:
-            hidden = torch.cat([hidden, model.prompts[experts, model.prompt_layers.index(index)]], dim=1)
+            prompts = model.prompts[experts, model.prompt_layers.index(index)] + cls_position
+            hidden = torch.cat([hidden, prompts], dim=1)
             hidden = layer(hidden, additive)[:, :5]
         else:
             hidden = layer(hidden, additive[..., :5])
@@ -86,6 +91,44 @@ def test_bert_prompts_equal_a_manual_loop_and_ignore_padding():
     # The padded row gives what it gives alone, unpadded.
     alone = model({"input_ids": ids[1:, :3], "attention_mask": mask[1:, :3]}, experts[1:])
     torch.testing.assert_close(features[1:], alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["vit", "bert"])
+def test_from_model_wraps_an_existing_instance_with_its_weights(family, tmp_path):
+    from transformers import AutoConfig, BertModel, ViTForImageClassification
+
+    torch.manual_seed(5)
+    if family == "vit":
+        config = AutoConfig.for_model(**{**tiny_vit_config(), "num_labels": 4})
+        users_model = ViTForImageClassification(config)  # a task model: its ViT encoder is wrapped
+        encoder, inputs = users_model.vit, {"pixel_values": pixels()}
+    else:
+        users_model = encoder = BertModel(AutoConfig.for_model(**BERT_CONFIG))
+        inputs = {
+            "input_ids": torch.randint(0, 50, (5, 6)),
+            "attention_mask": torch.ones(5, 6, dtype=torch.long),
+        }
+    wrapped = DeepPrompts.from_model(users_model, num_experts=2, prompt_length=3, prompt_layers=(0, 1))
+    assert wrapped.backbone is encoder and not any(p.requires_grad for p in encoder.parameters())
+    # Oracle: the same encoder built from its config with the user's weights copied in.
+    arguments = wrapped.config_tree()["init_args"]
+    rebuilt = DeepPrompts(
+        arguments["backbone_config"], 2, 3, (0, 1), add_pooling_layer=arguments["add_pooling_layer"]
+    )
+    rebuilt.load_state_dict(wrapped.state_dict())
+    experts = torch.tensor([0, 1, 1, 0, 1])
+    with torch.no_grad():
+        wrapped.prompts.normal_()
+        rebuilt.prompts.copy_(wrapped.prompts)
+    torch.testing.assert_close(wrapped(inputs, experts), rebuilt(inputs, experts))
+    plain = encoder(**inputs).last_hidden_state[:, 0]
+    torch.testing.assert_close(wrapped(inputs), plain)
+    wrapped.save_pretrained(tmp_path)
+    torch.testing.assert_close(
+        DeepPrompts.from_pretrained(tmp_path)(inputs, experts), wrapped(inputs, experts)
+    )
+    with pytest.raises(TypeError, match="Hugging Face model"):
+        DeepPrompts.from_model(torch.nn.Linear(3, 3))
 
 
 def test_gradients_reach_only_the_used_experts_prompts_and_never_the_backbone():

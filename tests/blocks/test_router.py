@@ -43,6 +43,18 @@ def test_solution_equals_lstsq_ridge_regression_on_the_concatenated_features():
     torch.testing.assert_close(model(features), (phi @ expected).argmax(dim=1), rtol=0, atol=0)
 
 
+def test_expand_dim_zero_is_ridge_regression_on_the_features_themselves():
+    features, experts = make_data()
+    model = RandomExpandedAnalyticRouter(IN_DIM, 0, EXPERTS, RIDGE).double()
+    model.accumulate(features, experts)
+    solution = model.solve()
+    targets = F.one_hot(experts, EXPERTS).double()
+    design = torch.cat([features, RIDGE**0.5 * torch.eye(IN_DIM, dtype=torch.float64)])
+    observed = torch.cat([targets, torch.zeros(IN_DIM, EXPERTS, dtype=torch.float64)])
+    torch.testing.assert_close(solution, torch.linalg.lstsq(design, observed).solution, rtol=1e-8, atol=1e-10)
+    assert model.projection.numel() == 0 and model.gram.shape == (IN_DIM, IN_DIM)
+
+
 def test_accumulating_in_batches_with_solves_between_gives_the_all_at_once_solution():
     features, experts = make_data(samples=53, seed=1)
     whole = router()
@@ -94,6 +106,8 @@ def test_bad_inputs_are_refused_with_the_argument_named():
         model.accumulate(torch.randn(2, 5, dtype=torch.float64), torch.tensor([0]))
     with pytest.raises(ValueError, match="ridge"):
         RandomExpandedAnalyticRouter(IN_DIM, EXPAND_DIM, EXPERTS, ridge=0.0)
+    with pytest.raises(ValueError, match="expand_dim must be >= 0"):
+        RandomExpandedAnalyticRouter(IN_DIM, -1, EXPERTS)
 
 
 _DDP_SCRIPT = textwrap.dedent(

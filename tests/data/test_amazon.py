@@ -309,3 +309,19 @@ def test_constructor_validates_arguments(tmp_path: Path, dump_2018: tuple[Path, 
         AmazonReviews(reviews, version="2020")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="on_bad_line='ignore'"):
         AmazonReviews(reviews, on_bad_line="ignore")  # type: ignore[arg-type]
+
+
+def test_html_entities_in_meta_text_are_unescaped(tmp_path: Path) -> None:
+    reviews = write_lines(tmp_path / "Toys.json", [review_2018("U1", "I1", 5.0, 1472688000)])
+    meta = {
+        "asin": "I1",
+        "title": "Tom &amp; Jerry &quot;Deluxe&quot; &#39;Set&#39; &lt;2 pack&gt;",
+        "category": ["Clothing, Shoes &amp; Jewelry", "Caf&eacute;"],
+        "brand": "A&amp;B",
+        "description": ["Fish &amp; chips &amp;amp; more"],  # escaped twice in the page: one level is kept
+    }
+    item = next(AmazonReviews(reviews, write_lines(tmp_path / "meta_Toys.json", [json.dumps(meta)])).items())
+    assert item.title == "Tom & Jerry \"Deluxe\" 'Set' <2 pack>"
+    assert item.categories == ("Clothing, Shoes & Jewelry", "Café")
+    assert item.brand == "A&B"
+    assert item.description == "Fish & chips &amp; more"

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from lightning_rec.data import (
     build_stream,
@@ -40,7 +41,7 @@ def test_si_blurry_has_the_requested_fractions_and_never_shows_a_sample_twice(
 
     disjoint = [label for group in stream.disjoint_classes for label in group]
     blurry = [label for group in stream.blurry_classes for label in group]
-    assert len(disjoint) == int(40 * disjoint_fraction)
+    assert len(disjoint) == int(40 * disjoint_fraction) // 5 * 5  # a multiple of the split count
     assert sorted(disjoint + blurry) == list(range(40))
     blurry_samples = np.isin(labels, blurry).sum()
     assert len(stream.blurred) == int(blurry_samples * blurry_fraction) == len(set(stream.blurred.tolist()))
@@ -64,6 +65,80 @@ def test_si_blurry_has_the_requested_fractions_and_never_shows_a_sample_twice(
         for index in range(5)
     ]
     assert sizes.tolist() == [int(size) for size in home_sizes]
+
+
+def official_online_sampler(targets: list[int], num_classes: int, num_tasks: int, m: int, n: int, seed: int):
+    """FlyGCL's OnlineSampler (varing_NM, n and m <= 100) written out as described in its code: list
+    scans in dataset order, torch.Generator draws in the same sequence. Returns the per-task index lists,
+    disjoint classes and blurry classes."""
+    generator = torch.Generator().manual_seed(seed)
+    disjoint_num = num_classes * n // 100
+    disjoint_num = int(disjoint_num // num_tasks) * num_tasks
+    blurry_num = num_classes - disjoint_num
+    class_order = torch.randperm(num_classes, generator=generator)
+    disjoint_classes = class_order[:disjoint_num].tolist()
+    if disjoint_num > 0:
+        cuts = torch.randint(0, disjoint_num, (num_tasks - 1,), generator=generator).sort().values.tolist()
+        cuts = [0, *cuts, disjoint_num]
+        disjoint_classes = [disjoint_classes[cuts[i] : cuts[i + 1]] for i in range(num_tasks)]
+    else:
+        disjoint_classes = [[] for _ in range(num_tasks)]
+    if blurry_num > 0:
+        cuts = torch.randint(0, blurry_num, (num_tasks - 1,), generator=generator).sort().values.tolist()
+        cuts = [0, *cuts, blurry_num]
+        blurry_classes = [
+            class_order[disjoint_num + cuts[i] : disjoint_num + cuts[i + 1]].tolist()
+            for i in range(num_tasks)
+        ]
+    else:
+        blurry_classes = [[] for _ in range(num_tasks)]
+    disjoint_indices = [[] for _ in range(num_tasks)]
+    blurry_indices = [[] for _ in range(num_tasks)]
+    num_blurred = 0
+    for i, target in enumerate(targets):
+        for j in range(num_tasks):
+            if target in disjoint_classes[j]:
+                disjoint_indices[j].append(i)
+                break
+            if target in blurry_classes[j]:
+                blurry_indices[j].append(i)
+                num_blurred += 1
+                break
+    num_blurred = num_blurred * m // 100
+    if num_blurred > 0:
+        quota = [
+            0,
+            *torch.randint(0, num_blurred, (num_tasks - 1,), generator=generator).sort().values.tolist(),
+        ]
+        quota.append(num_blurred)
+        blurred = []
+        for i in range(num_tasks):
+            blurred += blurry_indices[i][: quota[i + 1] - quota[i]]
+            blurry_indices[i] = blurry_indices[i][quota[i + 1] - quota[i] :]
+        blurred = torch.tensor(blurred)[torch.randperm(len(blurred), generator=generator)].tolist()
+        for i in range(num_tasks):
+            blurry_indices[i] += blurred[: quota[i + 1] - quota[i]]
+            blurred = blurred[quota[i + 1] - quota[i] :]
+    indices = []
+    for i in range(num_tasks):
+        task = disjoint_indices[i] + blurry_indices[i]
+        indices.append(
+            torch.tensor(task, dtype=torch.long)[torch.randperm(len(task), generator=generator)].tolist()
+        )
+    return indices, disjoint_classes, blurry_classes
+
+
+@pytest.mark.parametrize(("n", "m", "seed"), [(50, 10, 0), (30, 25, 1), (0, 10, 2), (100, 0, 3), (60, 50, 4)])
+def test_the_official_sampler_gives_the_official_code_s_stream(n, m, seed):
+    labels = labels_of(seed=seed)
+    expected, disjoint, blurry = official_online_sampler(labels.tolist(), 40, 5, m, n, seed)
+    stream = si_blurry_stream(labels, 5, n / 100, m / 100, seed=seed, sampler="official")
+    assert list(stream.split_ends) == np.cumsum([len(task) for task in expected]).tolist()
+    assert stream.order.tolist() == [index for task in expected for index in task]
+    assert stream.disjoint_classes == tuple(tuple(sorted(group)) for group in disjoint)
+    assert stream.blurry_classes == tuple(tuple(sorted(group)) for group in blurry)
+    total_blurry = np.isin(labels, [c for group in blurry for c in group]).sum()
+    assert len(stream.blurred) <= total_blurry * m // 100
 
 
 def test_streams_are_seeded():

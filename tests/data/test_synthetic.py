@@ -4,6 +4,7 @@ import numpy as np
 
 from lightning_rec.data.amazon import AmazonReviews
 from lightning_rec.data.synthetic import SyntheticCatalogue, SyntheticReviews
+from lightning_rec.data.text_files import fingerprint_files
 
 
 def _digest(path):
@@ -76,3 +77,60 @@ def test_synthetic_reviews_source_caches_files(tmp_path):
     assert list(again.interactions()) == events
     assert [p.stat().st_mtime_ns for p in files] == mtimes  # reused, not rewritten
     assert again.fingerprint() == source.fingerprint()
+
+
+def test_writing_streams_users_and_gives_the_same_files_as_the_cached_users(tmp_path):
+    streamed = SyntheticCatalogue(num_users=40, num_items=60, seed=7)
+    first = streamed.write_amazon2018(tmp_path / "streamed")
+    assert "users" not in streamed.__dict__  # never all held in memory
+    cached = SyntheticCatalogue(num_users=40, num_items=60, seed=7)
+    assert len(cached.users) == 40
+    second = cached.write_amazon2018(tmp_path / "cached")
+    assert [_digest(p) for p in first] == [_digest(p) for p in second]
+
+
+def test_candidate_choices_follow_the_exact_choice_model():
+    # Sampling-importance-resampling over popularity-prior candidates: with complements off and one
+    # intent, the first choice of each user is a draw of softmax(<intent, item> / T + popularity).
+    catalogue = SyntheticCatalogue(num_users=1, num_items=40, num_categories=4, seed=8, choice_candidates=64)
+    intent = np.repeat(catalogue.category_centroids[:1] + 0.1, catalogue.intents_per_user, axis=0)
+    exact = np.exp(catalogue._intent_logits(intent[0]) - catalogue._intent_logits(intent[0]).max())
+    exact /= exact.sum()
+    counts = np.zeros(40)
+    for draw in range(3000):
+        _, items = catalogue._sample_choices_from_candidates(intent, 1, np.random.default_rng([8, draw]))
+        counts[items[0]] += 1
+    total_variation = 0.5 * np.abs(counts / counts.sum() - exact).sum()
+    assert total_variation < 0.08
+    # Far from the popularity prior alone: the intent matters.
+    prior = np.exp(catalogue.item_popularity) / np.exp(catalogue.item_popularity).sum()
+    assert 0.5 * np.abs(exact - prior).sum() > 0.3
+
+
+def test_candidate_choices_keep_the_generative_rules():
+    catalogue = SyntheticCatalogue(num_users=150, num_items=5000, seed=9, choice_candidates=32)
+    pairs = []
+    for user in catalogue.users:
+        assert len(set(user.items.tolist())) == len(user.items)
+        assert np.all(np.diff(user.timestamps) > 0)
+        pairs += list(zip(user.items[:-1], user.items[1:], strict=True))
+    rate = np.mean([catalogue.item_complement[a] == b for a, b in pairs])
+    assert 0.2 < rate < 0.45
+    assert catalogue.config()["choice_candidates"] == 32
+    assert "choice_candidates" not in SyntheticCatalogue(num_users=1, num_items=5, num_categories=2).config()
+
+
+def test_amazon2023_format_holds_the_same_data_and_leaves_the_2018_files_as_they_were(tmp_path):
+    arguments = dict(num_users=30, num_items=40, num_categories=4, cache_dir=str(tmp_path))
+    old = SyntheticReviews(**arguments)
+    new = SyntheticReviews(**arguments, format="amazon2023")
+    assert new.reader.version == "2023" and new.reader.reviews.name == "Synthetic.jsonl.gz"
+    assert list(new.interactions()) == list(old.interactions())
+    assert list(new.items()) == list(old.items())
+    # The default's cache key and bytes are what they were before the option existed.
+    catalogue = SyntheticCatalogue(num_users=30, num_items=40, num_categories=4)
+    reference = catalogue.write_amazon2018(tmp_path / "reference")
+    assert [_digest(p) for p in (old.reader.reviews, old.reader.meta)] == [_digest(p) for p in reference]
+    assert old.reader.reviews.parent.name == fingerprint_files(
+        [], {"synthetic": catalogue.config(), "format": 1}
+    )

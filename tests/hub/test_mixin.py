@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,7 @@ def test_weights_with_missing_or_extra_keys_are_refused(tmp_path, change):
 
 def test_loading_another_class_is_an_error(tmp_path):
     repo = _saved(tmp_path)
-    with pytest.raises(TypeError, match="not a SASRec"):
+    with pytest.raises(UntrustedClassError, match=r"not a lightning_rec\.blocks\.sequence\.SASRec"):
         SASRecEncoder.from_pretrained(repo)
 
 
@@ -180,3 +181,76 @@ def test_pretrained_starts_from_a_saved_model_and_is_not_written_back(tmp_path):
         SASRec(
             encoder=SASRecEncoder(num_items=25, hidden_size=16, max_len=8), pretrained=str(tmp_path / "start")
         )
+
+
+def test_a_block_holding_torch_nn_layers_saves_and_loads(tmp_path):
+    """Issue 19: TemporalEnsembleHeads(nn.Linear(8, 10)).save_pretrained(...) raised a TypeError."""
+    from torch import nn
+
+    from lightning_rec.blocks import TemporalEnsembleHeads
+
+    torch.manual_seed(0)
+    heads = TemporalEnsembleHeads(nn.Linear(8, 10), num_experts=2)
+    heads.save_pretrained(tmp_path / "linear")
+    loaded = TemporalEnsembleHeads.from_pretrained(tmp_path / "linear")
+    assert type(loaded.head) is nn.Linear
+    features = torch.randn(3, 8)
+    assert torch.equal(loaded.head(features), heads.head(features))
+
+    # Every recorded layer, nested in a Sequential, with non-default arguments.
+    head = nn.Sequential(
+        nn.LayerNorm(8, eps=1e-3, bias=False), nn.Dropout(0.25), nn.Linear(8, 16, bias=False),
+        nn.GELU(approximate="tanh"), nn.ReLU(), nn.SiLU(), nn.Tanh(), nn.Sigmoid(), nn.Identity(),
+        nn.LeakyReLU(0.2), nn.ELU(0.5), nn.Softplus(beta=2.0, threshold=10.0), nn.Linear(16, 10),
+    )  # fmt: skip
+    heads = TemporalEnsembleHeads(head)
+    heads.save_pretrained(tmp_path / "sequential")
+    loaded = TemporalEnsembleHeads.from_pretrained(tmp_path / "sequential")
+    assert repr(loaded.head) == repr(head)
+    assert torch.equal(loaded.eval().head(features), heads.eval().head(features))
+
+
+def test_an_embedding_keeps_its_arguments(tmp_path):
+    from torch import nn
+
+    from lightning_rec.blocks import TemporalEnsembleHeads
+    from lightning_rec.hub.config_tree import encode_init_value, instantiate_tree
+
+    embedding = nn.Embedding(12, 4, padding_idx=0, max_norm=2.0, scale_grad_by_freq=True)
+    tree = encode_init_value("head", embedding)
+    rebuilt = instantiate_tree(tree, expected=nn.Embedding)
+    assert repr(rebuilt) == repr(embedding) and rebuilt.padding_idx == 0 and rebuilt.max_norm == 2.0
+    assert TemporalEnsembleHeads(embedding).config_tree()["init_args"]["head"] == tree
+
+
+def test_an_unknown_layer_names_the_two_ways_to_save_it(tmp_path, monkeypatch):
+    from torch import nn
+
+    from lightning_rec.blocks import TemporalEnsembleHeads
+    from lightning_rec.hub import config_tree, register_trusted_class
+
+    monkeypatch.setattr(config_tree, "_REGISTERED", {})  # this test's registration ends with it
+
+    class MyHead(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.width = width
+            self.linear = nn.Linear(width, 10)
+
+        def forward(self, features):
+            return self.linear(features)
+
+    heads = TemporalEnsembleHeads(MyHead(8))
+    with pytest.raises(TypeError, match=r"MyHead.*HubMixin.*register_trusted_class"):
+        heads.save_pretrained(tmp_path / "unknown")
+    with pytest.raises(TypeError, match="needs init_args"):
+        register_trusted_class(MyHead)
+    with pytest.raises(TypeError, match="MyLinear"):  # a subclass of a recorded layer is not that layer
+        TemporalEnsembleHeads(type("MyLinear", (nn.Linear,), {})(8, 10)).save_pretrained(tmp_path / "sub")
+    with pytest.raises(TypeError, match="named children"):
+        TemporalEnsembleHeads(nn.Sequential(OrderedDict(fc=nn.Linear(8, 10)))).save_pretrained(tmp_path / "o")
+
+    register_trusted_class(MyHead, lambda head: {"width": head.width})
+    heads.save_pretrained(tmp_path / "registered")
+    loaded = TemporalEnsembleHeads.from_pretrained(tmp_path / "registered")
+    assert type(loaded.head) is MyHead and loaded.head.width == 8

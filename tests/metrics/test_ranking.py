@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMRR, RetrievalNormalizedDCG
 
-from lightning_rec.metrics import FullRankingMetrics, target_ranks, target_ranks_from_embeddings
+from lightning_rec.metrics import FullRankingMetrics, chunked_topk, target_ranks, target_ranks_from_embeddings
 
 KS = (1, 5, 10, 20)
 DDP_SCRIPT = Path(__file__).with_name("ddp_metric_script.py")
@@ -131,6 +131,9 @@ def test_matches_brute_force_oracle(tied: bool, mask_history: bool):
 @pytest.mark.parametrize("mask_history", [False, True], ids=["all-items", "mask-history"])
 def test_matches_torchmetrics_retrieval(mask_history: bool):
     scores, target, history = make_queries(seed=2, batch=40, num_items=60, history_length=8, tied=False)
+    # torchmetrics 1.9 drops positives scored <= 0 from Recall and MRR: shift every score above 0
+    # (ranks are unchanged) so that the oracle sees every query.
+    scores = scores - scores.min() + 0.1
     metric = FullRankingMetrics(ks=KS, mask_history=mask_history)
     metric.update(scores, target, history)
     result = metric.compute()
@@ -217,6 +220,104 @@ def test_non_finite_embeddings_raise():
 
 
 # --- chunked embedding path ------------------------------------------------------------------------
+
+
+def oracle_rank_range(scores: list[float], target: int, history: list[int] | None) -> tuple[int, int]:
+    """(items strictly above the target, items tied with it) among the eligible items."""
+    excluded = (set(history or []) - {target}) | {target}
+    eligible = [item for item in range(1, len(scores)) if item not in excluded]
+    above = sum(scores[item] > scores[target] for item in eligible)
+    return above, sum(scores[item] == scores[target] for item in eligible)
+
+
+@pytest.mark.parametrize("mask_history", [False, True], ids=["all-items", "mask-history"])
+def test_average_ties_give_the_expectation_over_random_tie_breaking(mask_history: bool):
+    scores, target, history = make_queries(seed=7, batch=60, num_items=25, history_length=6, tied=True)
+    ranges = [
+        oracle_rank_range(row, int(t), h if mask_history else None)
+        for row, t, h in zip(scores.tolist(), target, history.tolist(), strict=True)
+    ]
+    given_history = history if mask_history else None
+    expected_ranks = torch.tensor([above + tied / 2 for above, tied in ranges])
+    torch.testing.assert_close(target_ranks(scores, target, given_history, ties="average"), expected_ranks)
+    # Each metric averaged over every rank the target takes under a random order of its ties.
+    expected = {key: 0.0 for key in oracle_metrics([0], KS)}
+    for above, tied in ranges:
+        for key, value in oracle_metrics(list(range(above, above + tied + 1)), KS).items():
+            expected[key] += value / len(ranges)
+    metric = FullRankingMetrics(ks=KS, mask_history=mask_history, ties="average")
+    metric.update(scores, target, history)
+    assert_metrics_close(metric.compute(), expected)
+    pessimistic = FullRankingMetrics(ks=KS, mask_history=mask_history)
+    pessimistic.update(scores, target, history)
+    assert float(pessimistic.compute()["ndcg@10"]) < float(metric.compute()["ndcg@10"])
+
+
+def test_average_ties_agree_with_pessimistic_on_distinct_scores():
+    scores, target, _ = make_queries(seed=8, batch=30, num_items=40, history_length=5, tied=False)
+    assert torch.equal(target_ranks(scores, target, ties="average"), target_ranks(scores, target).float())
+
+
+@pytest.mark.parametrize("ties", ["pessimistic", "average"])
+def test_duplicated_target_embedding_ties_whatever_the_chunk_size(ties: str):
+    # Every query's target has a twin item with the very same embedding: it must tie with the target
+    # at every chunk size (scored apart, the twin fell on either side at random).
+    generator = torch.Generator().manual_seed(9)
+    num_items, hidden = 120, 16
+    item_embeddings = torch.randn(num_items, hidden, generator=generator)
+    query = torch.randn(300, hidden, generator=generator)
+    target = torch.full((300,), 17)
+    item_embeddings[93] = item_embeddings[17]
+    expected = None
+    for item_chunk_size in (1, 7, 16, 50, 100, 8192):
+        ranks = target_ranks_from_embeddings(
+            query, item_embeddings, target, item_chunk_size=item_chunk_size, ties=ties
+        )
+        if expected is None:
+            expected = ranks
+        assert torch.equal(ranks, expected), item_chunk_size
+        metric = FullRankingMetrics(ks=(1,), item_chunk_size=item_chunk_size, ties=ties)
+        metric.update_from_embeddings(query, item_embeddings, target)
+        recall_at_1 = float(metric.compute()["recall@1"])
+        # The target is never alone at the top: pessimistically never a hit; on average, a hit half
+        # of the time when only its twin ties with it at the top (expected rank 0.5).
+        at_top = float((ranks == 0.5).float().mean())
+        assert recall_at_1 == pytest.approx(0.0 if ties == "pessimistic" else at_top / 2)
+    scores = query @ item_embeddings.T
+    above = ((scores > scores[:, 17:18]) & (torch.arange(num_items) != 0)).sum(1)
+    twin_tie = 1 if ties == "pessimistic" else 0.5
+    torch.testing.assert_close(expected.float(), above.float() + twin_tie)
+
+
+@pytest.mark.parametrize("item_chunk_size", [1, 5, 64, 1000])
+@pytest.mark.parametrize("with_exclusion", [False, True])
+def test_chunked_topk_matches_dense_topk(item_chunk_size: int, with_exclusion: bool):
+    generator = torch.Generator().manual_seed(10)
+    query = torch.randn(12, 8, generator=generator)
+    item_embeddings = torch.randn(90, 8, generator=generator)
+    item_embeddings[0] = 100.0  # padding would win every ranking if it took part
+    exclude = torch.randint(0, 90, (12, 15), generator=generator) if with_exclusion else None
+    scores = query @ item_embeddings.T
+    scores[:, 0] = float("-inf")
+    if exclude is not None:
+        scores = scores.scatter(1, exclude, float("-inf"))
+    expected_scores, expected_items = scores.topk(10, dim=1)
+    items, top_scores = chunked_topk(
+        query, item_embeddings, 10, exclude=exclude, item_chunk_size=item_chunk_size
+    )
+    assert torch.equal(items, expected_items)
+    torch.testing.assert_close(top_scores, expected_scores)
+
+
+def test_chunked_topk_fills_with_padding_when_too_few_items_are_eligible():
+    item_embeddings = torch.randn(6, 4)
+    exclude = torch.tensor([[1, 2, 3, 0]])
+    items, scores = chunked_topk(torch.randn(1, 4), item_embeddings, 4, exclude=exclude, item_chunk_size=2)
+    assert sorted(items[0, :2].tolist()) == [4, 5]
+    assert items[0, 2:].tolist() == [0, 0]
+    assert torch.isneginf(scores[0, 2:]).all()
+    with pytest.raises(ValueError, match="k must lie"):
+        chunked_topk(torch.randn(1, 4), item_embeddings, 6)
 
 
 def integer_embeddings(seed: int, batch: int, num_items: int, hidden: int) -> tuple[Tensor, Tensor]:
@@ -306,8 +407,9 @@ def test_chunked_path_never_materialises_batch_by_catalogue():
 
     with LargestTensor() as recorder:
         chunked_ranks = target_ranks_from_embeddings(query, item_embeddings, target, history, item_chunk_size)
-    # The biggest allowed: a chunk's scores or mask (b x (chunk + 1)) or a chunk of the catalogue.
-    assert recorder.largest <= max(batch * (item_chunk_size + 1), item_chunk_size * hidden)
+    # The biggest allowed: a chunk's scores with the targets' columns or its mask, b x (chunk + b + 1),
+    # or a chunk of the catalogue with the targets' embeddings, (chunk + b) x d.
+    assert recorder.largest <= max(batch * (item_chunk_size + batch + 1), (item_chunk_size + batch) * hidden)
     assert recorder.largest < batch * num_items
     assert torch.equal(chunked_ranks, target_ranks(query @ item_embeddings.T, target, history))
 

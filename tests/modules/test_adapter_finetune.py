@@ -169,7 +169,7 @@ def test_cli_fit_on_minilm_smoa_beats_the_frozen_model(tmp_path, monkeypatch, da
     # The checkpoint holds the trained tensors only, and `test` restores them.
     checkpoint = tmp_path / "outputs" / "smoa-minilm-titles" / "checkpoints" / "best.ckpt"
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
-    assert set(state) == smoa.model.trained_keys() and len(state) == 6 * 2 * 4 + 2
+    assert set(state) == smoa.model.trained_keys() and len(state) == 6 * 2 * 6 + 2
     tested = run_cli(["test", *MINILM_SMALL, "--ckpt_path", str(checkpoint)])
     assert all(torch.equal(tested.model.state_dict()[key], value) for key, value in state.items())
     assert float(tested.trainer.callback_metrics["test/accuracy"]) > 0.3

@@ -80,7 +80,7 @@ def test_with_every_stage_off_it_is_the_backbone_exactly():
     sasrec.log = lambda *args, **kwargs: None
     sasrec.load_state_dict(model.state_dict(), strict=True)
     batch = _batch(20)
-    torch.testing.assert_close(model.training_step(batch, 0), sasrec.training_step(batch, 0))
+    torch.testing.assert_close(model.supervised_loss(batch)[0], sasrec.training_step(batch, 0))
     torch.testing.assert_close(model(batch.input_ids), sasrec(batch.input_ids))
 
 
@@ -119,30 +119,82 @@ def test_ranking_reward_matches_the_metrics_ranks():
     torch.testing.assert_close(model.ranking_reward(intents, targets), 1 / ranks)
 
 
-def test_grpo_gradient_reaches_the_diffusion_head_and_the_thinking():
-    torch.manual_seed(0)
-    model = _model(group_size=4, grpo_warmup_steps=0)
-    batch = _batch(20)
-    # A zero-initialised correction makes every sample end at the hypothesis (equal rewards,
-    # zero advantages); a random one makes the group's samples differ.
+def _train_step(model: DiffuReason, batch: TrainBatch, optimizer: torch.optim.Optimizer) -> dict:
+    """What ``training_step`` does, with a plain optimizer (no Trainer): supervised, or GRPO's update."""
+
+    def step(loss):
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    if model.use_grpo and model.global_step >= model.grpo_warmup_steps:
+        return model.grpo_update(batch, step)
+    loss, logs = model.supervised_loss(batch)
+    step(loss)
+    return logs | {"train/loss": loss.detach()}
+
+
+def _trained_looking(model: DiffuReason) -> DiffuReason:
+    """A random correction and open gates: the samples of a group differ (a zero correction makes
+    every sample end at the hypothesis: equal rewards, zero advantages) and gradient reaches the markers."""
     torch.nn.init.normal_(model.diffusion.denoiser.output.weight, std=0.5)
-    condition = model.condition(batch.input_ids)
-    loss, diagnostics = model.grpo_step(condition, batch.target_ids[:, -1])
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert {"clip_fraction", "advantage_mean", "reward_mean"} <= set(diagnostics)
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.diffusion.parameters())
-    assert model.thinking.reasoning_position_embedding.weight.grad.abs().sum() > 0
+    torch.nn.init.normal_(model.thinking.gate, mean=1.0, std=0.1)
+    return model
 
 
-def test_kl_reference_is_a_frozen_snapshot():
+def test_grpo_gradient_reaches_the_whole_policy():
+    """With the intent and diffusion losses off, only the policy loss reaches the head and the gates."""
     torch.manual_seed(0)
-    model = _model(group_size=4, grpo_warmup_steps=0, kl_coef=0.1)
+    model = _trained_looking(
+        _model(group_size=4, grpo_warmup_steps=0, intent_loss_weight=0.0, diffusion_loss_weight=0.0)
+    )
+    grads: dict[str, torch.Tensor] = {}
+
+    def step(loss):
+        model.zero_grad()
+        loss.backward()
+        grads.update({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+
+    logs = model.grpo_update(_batch(20), step)
+    assert {"train/grpo_clip_fraction", "train/grpo_advantage_mean", "train/grpo_reward_mean"} <= set(logs)
+    assert grads["diffusion.denoiser.output.weight"].abs().sum() > 0
+    assert grads["thinking.gate"].abs().sum() > 0
+    assert grads["thinking.reasoning_position_embedding.weight"].abs().sum() > 0
+
+
+def test_several_ppo_epochs_clip_against_the_stored_log_probs():
+    """One on-policy update has ratio 1 (the stored log-probs are the policy's, evaluated without the
+    head's dropout); more epochs on the same rollout move the ratio away from 1 and the clip engages."""
     batch = _batch(20)
-    _, diagnostics = model.grpo_step(model.condition(batch.input_ids), batch.target_ids[:, -1])
-    assert diagnostics["kl"].abs() < 1e-5  # identical policies at the snapshot
+    for ppo_epochs in (1, 4):
+        torch.manual_seed(0)
+        model = _trained_looking(_model(group_size=8, grpo_warmup_steps=0, ppo_epochs=ppo_epochs))
+        model.diffusion.denoiser.body[3].p = 0.5  # would break ratio 1 if the policy ran with dropout
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+        logs = _train_step(model, batch, optimizer)
+        assert logs["train/grpo_updates"] == ppo_epochs
+        if ppo_epochs == 1:
+            assert logs["train/grpo_clip_fraction"] == 0
+            torch.testing.assert_close(logs["train/grpo_ratio_mean"], torch.tensor(1.0))
+        else:
+            assert logs["train/grpo_clip_fraction"] > 0
+
+
+def test_kl_reference_is_a_frozen_snapshot_of_the_whole_policy():
+    """Moving the encoder alone after the snapshot moves the KL: the reference holds encoder and
+    thinking too, not only the head."""
+    torch.manual_seed(0)
+    model = _trained_looking(_model(group_size=4, grpo_warmup_steps=0, kl_coef=0.1))
+    batch = _batch(20)
+    logs = model.grpo_update(batch, lambda loss: None)  # no optimizer step: policy = reference
+    assert logs["train/grpo_kl"].abs() < 1e-5
+    assert set(model._reference) == {"encoder", "thinking", "diffusion"}
     assert all(not p.requires_grad for p in model._reference.parameters())
     assert "_reference" not in dict(model.named_children())
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert model.grpo_update(batch, lambda loss: None)["train/grpo_kl"] > 1e-3
 
 
 @pytest.mark.parametrize("encoder_class", [BERT4Rec, GRU4Rec, HSTU])
@@ -153,11 +205,9 @@ def test_other_backbones_train(encoder_class):
     batch = _batch(20)
     losses = []
     for _ in range(15):
-        loss = model.training_step(batch, 0)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(model.supervised_loss(batch)[0].item())
+        logs = _train_step(model, batch, optimizer)
+        assert torch.isfinite(logs["train/grpo_loss"])
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
 
 
@@ -196,4 +246,50 @@ def test_requests_inside_windows_are_the_last_position_plus_random_supervised_on
     # Training reads every request: more requests, different intent loss; both finite.
     single = _model(requests_per_window=1)
     single.load_state_dict(model.state_dict())
-    assert torch.isfinite(model.training_step(batch, 0)) and torch.isfinite(single.training_step(batch, 0))
+    assert torch.isfinite(model.supervised_loss(batch)[0]) and torch.isfinite(
+        single.supervised_loss(batch)[0]
+    )
+
+
+def test_at_init_the_think_and_diffuse_stages_are_the_backbone():
+    """Gated thoughts closed, correction zero: DiffuReason scores as SASRec with the same weights,
+    in eval mode and in a training step's backbone state (dropout 0.5 on the backbone)."""
+    torch.manual_seed(0)
+    encoder = SASRecEncoder(num_items=20, hidden_size=16, max_len=10, dropout=0.5)
+    model = _model(encoder, use_grpo=False).eval()
+    sasrec = SASRec(encoder=SASRecEncoder(num_items=20, hidden_size=16, max_len=10, dropout=0.5)).eval()
+    sasrec.encoder.load_state_dict(model.encoder.state_dict())
+    batch = _batch(20)
+    torch.testing.assert_close(model(batch.input_ids), sasrec(batch.input_ids))
+    model.train()
+    prefix = model.encoder.encode_prefix(batch.input_ids)
+    thoughts = model.condition(batch.input_ids, prefix)
+    assert torch.equal(thoughts, prefix[0][:, -1:].expand_as(thoughts))
+    torch.testing.assert_close(model.diffusion(thoughts), prefix[0][:, -1])
+
+
+def test_training_and_inference_rank_with_the_same_start():
+    """The intent the training step's CE ranks with is the intent inference serves (no dropout, one
+    request per window, a trained-looking correction so that the start matters)."""
+    torch.manual_seed(0)
+    model = _model(use_grpo=False, requests_per_window=1)
+    torch.nn.init.normal_(model.diffusion.denoiser.output.weight, std=0.5)
+    torch.nn.init.normal_(model.thinking.gate, mean=1.0, std=0.1)
+    ranked: list[torch.Tensor] = []
+    next_item_loss = model._next_item_loss
+
+    def record(hidden, targets):
+        ranked.append(hidden.detach())
+        return next_item_loss(hidden, targets)
+
+    model._next_item_loss = record
+    batch = _batch(20)
+    model.supervised_loss(batch)
+    _backbone, intent, _hypothesis = ranked
+    with torch.no_grad():
+        served = model.user_representation(batch.input_ids)
+    torch.testing.assert_close(intent, served)
+    # A noise-started sample (what the training loss ranked with before) is a different intent.
+    noise = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    noisy = model.diffusion.sample(model.condition(batch.input_ids), start_noise=noise)
+    assert (noisy.x0 - served).norm() > 0.05 * served.norm()

@@ -140,7 +140,7 @@ from lightning_rec.modules import FlyPrompt
 torch.set_num_threads(1)
 L.seed_everything(0)
 model = FlyPrompt(num_classes=10, backbone=tiny_vit_config(), num_experts=3, prompt_length=2,
-                  prompt_layers=(0,), expand_dim=64, ridge=10.0)
+                  prompt_layers=(0,), expand_dim=64, ridge=10.0, add_cls_position=False)
 data = ContinualStreamDataModule(batch_size=16, eval_period=400)
 trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=1, logger=False,
                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -170,3 +170,139 @@ def test_ddp_ranks_agree_and_learn_the_stream(tmp_path, ddp_env):
     assert zero["solution"] == one["solution"] and zero["head"] == one["head"]
     # Half the optimizer steps of a single process (16 samples per rank and step): twice chance (0.1).
     assert zero["results"] == one["results"] and zero["results"]["stream/A_last"] > 0.2
+
+
+def _spied_fit(reset_first_moment: bool) -> tuple[FlyPrompt, dict[str, list]]:
+    """A short digits stream (batches of 64, 3 experts) with spies on the EMA updates, the online steps
+    and the experts' switches."""
+    torch.manual_seed(0)
+    model = FlyPrompt(num_classes=10, backbone=tiny_vit_config(), num_experts=3, prompt_length=2,
+                      prompt_layers=(0,), expand_dim=32, ridge=1.0, online_iterations=2,
+                      reset_first_moment=reset_first_moment)  # fmt: skip
+    records = {"updates": [], "steps": [], "moments": []}
+    update, online_step = model.heads.update, model.online_step
+
+    def spy_update(expert: int) -> None:
+        before = [[p.detach().clone() for p in average.parameters()] for average in model.heads.averages]
+        update(expert)
+        changed = [
+            any(not torch.equal(p, q) for p, q in zip(old, average.parameters(), strict=True))
+            for old, average in zip(before, model.heads.averages, strict=True)
+        ]
+        records["updates"].append((expert, int(model.current_expert), int(model.samples_seen), changed))
+
+    def spy_step(encoded, unprompted, labels, experts):
+        features = model.prompts(encoded, experts)
+        head = model.heads.head
+        logits = head(features)
+        # The batch-class mask written out: a softmax over the classes present in the batch only.
+        present = sorted(set(labels.tolist()))
+        expected = -(logits[range(len(labels)), labels] - logits[:, present].logsumexp(dim=1)).mean()
+        absent = [c for c in range(10) if c not in present]
+        gradient = torch.autograd.grad(expected, head.linear.weight)[0]
+        state = model.optimizers().optimizer.state.get(model.prompts.prompts, {})
+        moment = state["exp_avg"][: int(experts[0])].abs().sum() if "exp_avg" in state else None
+        records["moments"].append((int(experts[0]), int(model.samples_seen), moment))
+        loss = online_step(encoded, unprompted, labels, experts)
+        records["steps"].append((float(loss), float(expected), float(gradient[absent].abs().sum())))
+        return loss
+
+    model.heads.update, model.online_step = spy_update, spy_step
+    data = ContinualStreamDataModule(batch_size=64, eval_period=10_000)
+    quiet_trainer().fit(model, data)
+    return model, records
+
+
+@pytest.fixture(scope="module")
+def spied_fit() -> tuple[FlyPrompt, dict[str, list]]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", ["lightning-rec"])
+        return _spied_fit(reset_first_moment=False)
+
+
+def test_ema_updates_touch_only_the_current_expert_and_the_loss_masks_absent_classes(spied_fit):
+    model, records = spied_fit
+    batches = len(model.trainer.datamodule.train_dataloader())
+    assert len(records["updates"]) == 2 * batches  # online_iterations per batch
+    for expert, current, _, changed in records["updates"]:
+        assert expert == current and changed == [index == expert for index in range(3)]
+    for loss, expected, absent_gradient in records["steps"]:
+        assert loss == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        assert absent_gradient == 0.0
+    # Off by default, as in the official code: Adam's first moment of earlier experts survives a switch.
+    first_after_switch = next(moment for expert, _, moment in records["moments"] if expert > 0)
+    assert first_after_switch > 0
+
+
+def test_the_first_moment_reset_is_an_option():
+    _, records = _spied_fit(reset_first_moment=True)
+    first_after_switch = next(moment for expert, _, moment in records["moments"] if expert > 0)
+    assert first_after_switch == 0
+
+
+def test_the_forward_routes_prompts_and_ensembles_as_written_out(spied_fit):
+    model, _ = spied_fit
+    model.eval()
+    data = model.trainer.datamodule
+    images = data.examples.inputs[data.test_indices[:24]]
+    with torch.no_grad():
+        probabilities = model(images)
+        encoded = {"pixel_values": images}
+        plain = model.prompts.backbone(**encoded).last_hidden_state[:, 0]
+        scores = torch.relu(plain @ model.router.projection) @ model.router.solution  # (b e)
+        experts = scores.masked_fill(model.router.expert_counts == 0, float("-inf")).argmax(dim=1)
+        features = model.prompts(encoded, experts)
+        members = [model.heads.head(features)]
+        for slot in range(2):
+            members.append(torch.stack([
+                model.heads.averages[int(e)][slot](f) for f, e in zip(features, experts, strict=True)
+            ]))  # fmt: skip
+        seen = model.seen_classes
+        expected = torch.stack([m.masked_fill(~seen, float("-inf")).softmax(dim=1) for m in members]).amax(0)
+    assert len(set(experts.tolist())) > 1, "the test images are routed to more than one expert"
+    torch.testing.assert_close(probabilities, expected)
+
+
+def test_the_router_seed_comes_from_the_run_seed_unless_given():
+    def projection(seed: int, **extra) -> torch.Tensor:
+        L.seed_everything(seed, verbose=False)
+        return FlyPrompt(num_classes=3, backbone=tiny_vit_config(), num_experts=2, prompt_length=1,
+                         prompt_layers=(0,), expand_dim=8, **extra).router.projection  # fmt: skip
+
+    assert torch.equal(projection(1), projection(1)) and not torch.equal(projection(1), projection(2))
+    assert torch.equal(projection(1, router_seed=7), projection(2, router_seed=7))
+
+
+def test_images_get_the_pretrained_backbone_s_own_normalisation(tmp_path):
+    import json
+
+    from transformers import AutoConfig, AutoModel
+
+    AutoModel.from_config(AutoConfig.for_model(**tiny_vit_config(num_channels=3))).save_pretrained(tmp_path)
+    processor = {"do_normalize": True, "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.5]}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(processor))
+    model = FlyPrompt(num_classes=3, backbone=str(tmp_path), num_experts=1, prompt_length=1,
+                      prompt_layers=(0,), expand_dim=8)  # fmt: skip
+    images = torch.rand(2, 3, 8, 8)
+    mean, std = torch.tensor(processor["image_mean"]), torch.tensor(processor["image_std"])
+    expected = (images - mean[:, None, None]) / std[:, None, None]
+    torch.testing.assert_close(model.encode_inputs(images)["pixel_values"], expected)
+    # A config-dict backbone has no processor: pixels pass as they are.
+    plain = FlyPrompt(num_classes=3, backbone=tiny_vit_config(num_channels=3), num_experts=1, prompt_length=1,
+                      prompt_layers=(0,), expand_dim=8)  # fmt: skip
+    assert torch.equal(plain.encode_inputs(images)["pixel_values"], images)
+
+
+def test_the_official_augmentation_needs_torchvision():
+    arguments = {"num_classes": 3, "backbone": tiny_vit_config(), "num_experts": 1, "prompt_length": 1,
+                 "prompt_layers": (0,), "expand_dim": 8, "augment": True}  # fmt: skip
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="torchvision"):
+            FlyPrompt(**arguments)
+        return
+    model = FlyPrompt(**arguments)
+    images = torch.rand(4, 1, 8, 8)
+    augmented = model._augment(images)
+    assert augmented.shape == images.shape and 0.0 <= float(augmented.min()) <= float(augmented.max()) <= 1.0

@@ -46,11 +46,12 @@ def _batch(num_items: int, seed: int = 0) -> TrainBatch:
     return TrainBatch(inputs, torch.where(inputs > 0, windows[:, 1:], torch.zeros_like(inputs)))
 
 
-@pytest.mark.parametrize("loss", ["ce", "bce"])
+@pytest.mark.parametrize("loss", ["ce", "ce_chunked", "sampled_softmax", "gbce", "bce"])
 def test_training_losses_are_finite_and_fall_on_a_fixed_batch(loss):
     torch.manual_seed(0)
     model = SASRec(encoder=SASRecEncoder(num_items=20, hidden_size=16, max_len=10, dropout=0.0),
-                   loss=loss, num_negatives=4)  # fmt: skip
+                   loss=loss, num_negatives=4, loss_chunk_size=6)  # fmt: skip
+    model.set_item_popularity(torch.arange(21.0))
     model.log = lambda *args, **kwargs: None
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     batch = _batch(20)
@@ -132,3 +133,35 @@ def test_warmup_scales_the_learning_rate_linearly():
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="loss must be"):
         SASRec(encoder=SASRecEncoder(num_items=10), loss="mse")
+    with pytest.raises(ValueError, match="num_negatives"):
+        SASRec(encoder=SASRecEncoder(num_items=10), loss="gbce", num_negatives=0)
+    with pytest.raises(ValueError, match="negative_sampler"):
+        SASRec(encoder=SASRecEncoder(num_items=10), negative_sampler="hard")
+
+
+def test_chunked_cross_entropy_gives_the_full_cross_entropy_gradients_of_every_parameter():
+    torch.manual_seed(0)
+    encoder = SASRecEncoder(num_items=30, hidden_size=8, max_len=10, dropout=0.0)
+    batch = _batch(30)
+    gradients = {}
+    for loss in ("ce", "ce_chunked"):
+        model = SASRec(encoder=encoder, loss=loss, loss_chunk_size=7)
+        model.log = lambda *args, **kwargs: None
+        model.zero_grad()
+        model.training_step(batch, 0).backward()
+        gradients[loss] = {name: p.grad.clone() for name, p in model.named_parameters()}
+    for name, grad in gradients["ce"].items():
+        torch.testing.assert_close(gradients["ce_chunked"][name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_sampled_softmax_needs_the_popularity_and_takes_it_from_the_datamodule(small_data):
+    model = SASRec(encoder=SASRecEncoder(num_items=small_data.num_items, hidden_size=8, num_layers=1),
+                   loss="sampled_softmax", num_negatives=8)  # fmt: skip
+    model.log = lambda *args, **kwargs: None
+    batch = _batch(small_data.num_items)
+    with pytest.raises(ValueError, match="popularity"):
+        model.training_step(batch, 0)
+    _trainer(max_steps=2, limit_val_batches=0).fit(model, small_data)
+    counts = small_data.item_popularity() + 1
+    counts[0] = 0
+    torch.testing.assert_close(model.item_popularity, counts / counts.sum())

@@ -90,8 +90,8 @@ def test_judge_stage_then_a2po_policy_beat_trivial_baselines(data, evidence, tmp
     judge_trainer.save_checkpoint(checkpoint)
 
     L.seed_everything(1)
-    policy = _model(data, evidence, tmp_path / "scores", stage="policy", group_size=16,
-                    pretrained=str(tmp_path / "judge_stage"))  # fmt: skip
+    policy = _model(data, evidence, tmp_path / "scores", stage="policy", group_size=16, anchor_weight=0.1,
+                    ppo_epochs=2, num_minibatches=2, pretrained=str(tmp_path / "judge_stage"))  # fmt: skip
     from_checkpoint = _model(data, evidence, tmp_path / "scores", stage="policy", pretrained=str(checkpoint))
     start = policy.state_dict()
     assert all(torch.equal(start[k], v) for k, v in from_checkpoint.state_dict().items())
@@ -108,7 +108,8 @@ def test_judge_stage_then_a2po_policy_beat_trivial_baselines(data, evidence, tmp
     )
     assert trained["test/ecpm@10"] > 1.05 * judged["test/ecpm@10"]  # A2PO raised the business reward
     assert trained["test/ecpm@10"] > 2.0 * max(popularity, random_slates)
-    assert trained["test/ndcg@10"] > 0.5 * judged["test/ndcg@10"]  # still a recommender
+    # The supervised anchor keeps it a recommender (pure RL lost 25-31% of HR@10 here).
+    assert trained["test/recall@10"] > 0.9 * judged["test/recall@10"], (trained, judged)
     assert 0 < trained["test/judge_score@10"] < 1
     card = policy.generate_model_card(repo_id="org/sgrec-tiny")
     assert "arXiv:2602.10606" in card.text and "ecpm@10" in card.text
@@ -134,7 +135,8 @@ def test_judge_scores_come_from_the_cache_after_the_first_pass(data, evidence, t
 def test_judge_rate_scores_only_that_share_of_requests(data, evidence, tmp_path):
     torch.manual_seed(0)
     counting = CountingEvidence(evidence)
-    model = _model(data, counting, "", stage="policy", group_size=4, judge_rate=0.25, kl_coef=0.1)
+    model = _model(data, counting, "", stage="policy", group_size=4, judge_rate=0.25, kl_coef=0.1,
+                   ppo_epochs=4, num_minibatches=2, learning_rate=1e-2, anchor_weight=0.1)  # fmt: skip
     trainer = _trainer(max_epochs=1, limit_val_batches=0)
     trainer.fit(model, data)
     requests = len(window_users(data.data, data.max_len))  # one request per training window
@@ -142,6 +144,11 @@ def test_judge_rate_scores_only_that_share_of_requests(data, evidence, tmp_path)
     assert 0.15 < share < 0.35
     # The KL to the starting policy is measured (a frozen copy, not a saved submodule).
     assert float(trainer.callback_metrics["train/a2po_kl"]) >= 0
+    # PPO epochs over the stored rollout: 4 x 2 optimiser steps per batch, and the clip engages.
+    metrics = trainer.callback_metrics
+    assert metrics["train/a2po_updates"] == 8 and trainer.global_step == 8 * trainer.num_training_batches
+    assert metrics["train/a2po_clip_fraction"] > 0 and metrics["train/a2po_ratio_max"] > 1
+    assert metrics["train/a2po_auxiliary_loss"] > 0  # the supervised anchor
     assert not any(key.startswith("_reference") for key in model.state_dict())
 
 

@@ -16,7 +16,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from lightning_rec.objectives import clipped_policy_loss, group_advantages, grpo_loss
+from lightning_rec.objectives import group_advantages, grpo_loss, ppo_loss
 
 AGGREGATION_OF_TRL_LOSS = {"grpo": "sequence_mean", "bnpo": "token_mean", "dapo": "token_mean"}
 
@@ -31,21 +31,24 @@ def trl_compute_loss(
     epsilon_low: float,
     epsilon_high: float,
     beta: float,
+    importance_sampling_level: str = "token",
+    entropies: Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, list[float]]]:
-    """TRL's loss and logged metrics on these tensors: one process, no gradient accumulation, token-level
-    importance sampling, no vLLM, entropy mask, off-policy mask or entropy bonus."""
+    """TRL's loss and logged metrics on these tensors: one process, no gradient accumulation, no vLLM,
+    entropy mask or off-policy mask; a static entropy bonus when `entropy_coef` != 0."""
     grpo_trainer = pytest.importorskip("trl.trainer.grpo_trainer")
     num_sequences, steps = log_probs.shape
     metrics: defaultdict = defaultdict(lambda: defaultdict(list))
     trainer = SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *args, **kwargs: (
             log_probs,
-            torch.zeros_like(log_probs),
+            torch.zeros_like(log_probs) if entropies is None else entropies,
             None,
         ),
         top_entropy_quantile=1.0,
         off_policy_mask_threshold=None,
-        importance_sampling_level="token",
+        importance_sampling_level=importance_sampling_level,
         beta=beta,
         loss_type=loss_type,
         epsilon_low=epsilon_low,
@@ -55,8 +58,12 @@ def trl_compute_loss(
         args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
         model=SimpleNamespace(training=True),
         current_gradient_accumulation_steps=1,
-        accelerator=SimpleNamespace(num_processes=1, reduce=lambda t, reduction: t, gather=lambda t: t),
-        _entropy_bonus_enabled=False,
+        accelerator=SimpleNamespace(
+            num_processes=1, reduce=lambda t, reduction: t, gather=lambda t: t, sync_gradients=True
+        ),
+        _entropy_bonus_enabled=entropy_coef != 0,
+        entropy_coef=entropy_coef,
+        use_adaptive_entropy=False,
         aux_loss_enabled=False,
         _metrics=metrics,
     )
@@ -160,7 +167,7 @@ def test_clipped_loss_matches_trl(loss_type: str, per_step_advantages: bool) -> 
     trl_loss.backward()
 
     ours_log_probs = log_probs.clone().requires_grad_(True)
-    loss, diagnostics = clipped_policy_loss(
+    loss, diagnostics = ppo_loss(
         ours_log_probs,
         old_log_probs,
         advantages,
@@ -185,13 +192,77 @@ def test_clipped_loss_matches_trl(loss_type: str, per_step_advantages: bool) -> 
         assert diagnostics[ours].item() == pytest.approx(trl_metrics[theirs][0], rel=1e-6), ours
 
 
+@pytest.mark.parametrize("loss_type", sorted(AGGREGATION_OF_TRL_LOSS))
+def test_sequence_level_ratio_and_entropy_bonus_match_trl(loss_type: str) -> None:
+    # GSPO's sequence ratio (TRL importance_sampling_level="sequence") and TRL's static entropy bonus.
+    generator = torch.Generator().manual_seed(17)
+    num_sequences, steps = 10, 4
+    old_log_probs = -torch.rand(num_sequences, steps, generator=generator, dtype=torch.float64) * 3
+    noise = torch.randn(2, num_sequences, steps, generator=generator, dtype=torch.float64)
+    log_probs, ref_log_probs = old_log_probs + 0.4 * noise[0], old_log_probs + 0.2 * noise[1]
+    advantages = torch.randn(num_sequences, generator=generator, dtype=torch.float64)
+    entropy = torch.rand(num_sequences, steps, generator=generator, dtype=torch.float64)
+    mask = torch.rand(num_sequences, steps, generator=generator) < 0.8
+    mask[0] = True
+    mask[1, 1:] = False
+
+    trl_log_probs = log_probs.clone().requires_grad_(True)
+    trl_entropy = entropy.clone().requires_grad_(True)
+    trl_loss, trl_metrics = trl_compute_loss(
+        loss_type, trl_log_probs, old_log_probs, ref_log_probs, advantages, mask, 0.2, 0.28, 0.04,
+        importance_sampling_level="sequence", entropies=trl_entropy, entropy_coef=0.01,
+    )  # fmt: skip
+    trl_loss.backward()
+
+    ours_log_probs = log_probs.clone().requires_grad_(True)
+    ours_entropy = entropy.clone().requires_grad_(True)
+    loss, diagnostics = ppo_loss(
+        ours_log_probs, old_log_probs, advantages, mask=mask,
+        clip_epsilon=0.2, clip_epsilon_high=0.28, clip_level="sequence",
+        ref_log_probs=ref_log_probs, kl_coef=0.04,
+        entropy=ours_entropy, entropy_coef=0.01,
+        aggregation=AGGREGATION_OF_TRL_LOSS[loss_type],
+    )  # fmt: skip
+    loss.backward()
+
+    torch.testing.assert_close(loss, trl_loss)
+    torch.testing.assert_close(ours_log_probs.grad, trl_log_probs.grad)
+    torch.testing.assert_close(ours_entropy.grad, trl_entropy.grad)
+    assert diagnostics["clip_fraction"] > 0
+    for ours, theirs in [
+        ("clip_fraction", "clip_ratio/region_mean"),
+        ("clip_fraction_low", "clip_ratio/low_mean"),
+        ("clip_fraction_high", "clip_ratio/high_mean"),
+        ("kl", "kl"),
+        ("entropy", "entropy"),
+    ]:
+        assert diagnostics[ours].item() == pytest.approx(trl_metrics[theirs][0], rel=1e-6), ours
+
+
+def test_sequence_level_clip_moves_every_step_of_a_sequence_together() -> None:
+    # One sequence, A > 0, two steps whose log-ratios are +0.5 and -0.5: the step ratios 1.65 and 0.61
+    # clip the first step only; the sequence ratio is exp(0) = 1, so nothing is clipped at sequence level.
+    old_log_probs = torch.zeros(1, 2, dtype=torch.float64)
+    log_probs = torch.tensor([[0.5, -0.5]], dtype=torch.float64, requires_grad=True)
+    advantages = torch.ones(1, dtype=torch.float64)
+    _, step_level = ppo_loss(log_probs, old_log_probs, advantages)
+    loss, sequence_level = ppo_loss(log_probs, old_log_probs, advantages, clip_level="sequence")
+    assert step_level["clip_fraction"].item() == pytest.approx(0.5)
+    assert sequence_level["clip_fraction"].item() == 0.0
+    assert sequence_level["ratio_max"].item() == pytest.approx(1.0)
+    assert step_level["ratio_max"].item() == pytest.approx(math.exp(0.5))
+    loss.backward()
+    # d/d lp_t of -exp(mean_t lp_t) * A at ratio 1 = -A / s, the same for both steps.
+    torch.testing.assert_close(log_probs.grad, torch.full((1, 2), -0.5, dtype=torch.float64))
+
+
 def test_sequence_and_token_mean_differ_with_unequal_lengths() -> None:
     # Guards the comparison above against an aggregation that ignores its argument.
     log_probs = torch.zeros(2, 3)
     advantages = torch.tensor([1.0, -1.0])
     mask = torch.tensor([[True, False, False], [True, True, True]])
-    sequence_mean, _ = clipped_policy_loss(log_probs, log_probs, advantages, mask=mask)
-    token_mean, _ = clipped_policy_loss(log_probs, log_probs, advantages, mask=mask, aggregation="token_mean")
+    sequence_mean, _ = ppo_loss(log_probs, log_probs, advantages, mask=mask)
+    token_mean, _ = ppo_loss(log_probs, log_probs, advantages, mask=mask, aggregation="token_mean")
     assert sequence_mean.item() == pytest.approx(0.0)  # (-1 + 1) / 2
     assert token_mean.item() == pytest.approx(0.5)  # (-1 + 3) / 4
 
@@ -262,7 +333,7 @@ def test_on_policy_gradient_is_advantage_weighted_score(aggregation: str, detach
     advantages = torch.randn(num_sequences, generator=generator, dtype=torch.float64)
     # Passing the graph-attached log_probs as old_log_probs must not cancel the gradient (they are detached).
     old_log_probs = log_probs.detach() if detach_old else log_probs
-    loss, diagnostics = clipped_policy_loss(log_probs, old_log_probs, advantages, aggregation=aggregation)
+    loss, diagnostics = ppo_loss(log_probs, old_log_probs, advantages, aggregation=aggregation)
     loss.backward()
     expected = -rearrange(advantages, "N -> N 1").expand(num_sequences, steps) / (steps * num_sequences)
     torch.testing.assert_close(log_probs.grad, expected)
@@ -286,7 +357,7 @@ def test_clip_fractions_match_brute_force(seed: int) -> None:
     advantages = torch.randn(num_sequences, steps, generator=generator, dtype=torch.float64)
     advantages[0, 0] = 0.0  # a zero advantage is never clipped: both terms are 0
     mask = torch.rand(num_sequences, steps, generator=generator) < 0.8
-    _, diagnostics = clipped_policy_loss(
+    _, diagnostics = ppo_loss(
         log_probs, old_log_probs, advantages, mask=mask, clip_epsilon=eps_low, clip_epsilon_high=eps_high
     )
 
@@ -334,10 +405,10 @@ def _valid_arguments() -> dict[str, Tensor]:
         ("ref_log_probs", torch.zeros(4, 3, 1)),
     ],
 )
-def test_clipped_policy_loss_rejects_bad_shapes(name: str, bad_value: Tensor) -> None:
+def test_ppo_loss_rejects_bad_shapes(name: str, bad_value: Tensor) -> None:
     arguments = _valid_arguments() | {name: bad_value}
     with pytest.raises(ValueError, match=rf"^{name} must have"):
-        clipped_policy_loss(**arguments)
+        ppo_loss(**arguments)
 
 
 @pytest.mark.parametrize(
@@ -349,9 +420,9 @@ def test_clipped_policy_loss_rejects_bad_shapes(name: str, bad_value: Tensor) ->
         ({"aggregation": "sum"}, "aggregation"),
     ],
 )
-def test_clipped_policy_loss_rejects_bad_options(arguments: dict, name: str) -> None:
+def test_ppo_loss_rejects_bad_options(arguments: dict, name: str) -> None:
     with pytest.raises(ValueError, match=rf"^{name}"):
-        clipped_policy_loss(**(_valid_arguments() | arguments))
+        ppo_loss(**(_valid_arguments() | arguments))
 
 
 @pytest.mark.parametrize(
@@ -393,7 +464,7 @@ def test_grpo_loss_is_group_advantages_then_clipped_loss() -> None:
         "clip_epsilon_high": 0.3,
     }
     advantages = rearrange(group_advantages(rewards), "b g -> (b g)")
-    expected_loss, expected = clipped_policy_loss(
+    expected_loss, expected = ppo_loss(
         rearrange(log_probs, "b g s -> (b g) s"),
         rearrange(old_log_probs, "b g s -> (b g) s"),
         advantages,
@@ -419,12 +490,10 @@ def test_bf16_inputs_are_computed_in_fp32() -> None:
     options = {"kl_coef": 0.05, "aggregation": "token_mean"}
 
     bf16_log_probs = log_probs.clone().requires_grad_(True)
-    loss, _ = clipped_policy_loss(
-        bf16_log_probs, old_log_probs, advantages, ref_log_probs=ref_log_probs, **options
-    )
+    loss, _ = ppo_loss(bf16_log_probs, old_log_probs, advantages, ref_log_probs=ref_log_probs, **options)
     # The same bf16 values, exactly representable in fp32, computed in fp32.
     fp32_log_probs = log_probs.float().requires_grad_(True)
-    fp32_loss, _ = clipped_policy_loss(
+    fp32_loss, _ = ppo_loss(
         fp32_log_probs,
         old_log_probs.float(),
         advantages.float(),
@@ -453,7 +522,7 @@ def test_padding_values_do_not_leak() -> None:
     results = []
     for fill in (float("-inf"), 123.0):
         padded = log_probs.masked_fill(~mask, fill).requires_grad_(True)
-        loss, diagnostics = clipped_policy_loss(
+        loss, diagnostics = ppo_loss(
             padded,
             old_log_probs.masked_fill(~mask, fill),
             advantages,

@@ -1,0 +1,112 @@
+"""GPR: semantic ids, the HHD, and MTP -> VAFT -> HEPO chained through checkpoints."""
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_rec.blocks import HeterogeneousHierarchicalDecoder, SemanticIdQuantizer
+from lightning_rec.data import SyntheticReviews
+from lightning_rec.datamodules import SequentialRecDataModule
+from lightning_rec.modules import GPR
+from lightning_rec.modules.gpr import ad_items
+
+
+def _datamodule(tmp_path):
+    source = SyntheticReviews(
+        num_users=60, num_items=80, num_categories=5, mean_length=12, seed=0, cache_dir=str(tmp_path)
+    )
+    return SequentialRecDataModule(
+        source=source, k_core=2, max_len=10, batch_size=16, eval_batch_size=32, cache_dir=str(tmp_path)
+    )
+
+
+def _model(tmp_path, **overrides):
+    torch.manual_seed(0)
+    arguments = {
+        "decoder": HeterogeneousHierarchicalDecoder(
+            level_sizes=(8, 8, 8), hidden_size=16, max_len=12, num_prediction_heads=2
+        ),
+        "quantizer": SemanticIdQuantizer(num_levels=2, codebook_size=8, hidden_size=32),
+        "quantizer_steps": 20,
+        "embedding_cache_dir": str(tmp_path / "embeddings"),
+        "num_candidates": 4,
+        "beam_size": 10,
+        "slate_size": 5,
+        "ks": (5, 10),
+        **overrides,
+    }
+    return GPR(**arguments)
+
+
+def _fit(model, datamodule, tmp_path, name):
+    trainer = L.Trainer(
+        max_steps=3,
+        limit_val_batches=1,
+        limit_test_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(model, datamodule=datamodule)
+    path = tmp_path / f"{name}.ckpt"
+    trainer.save_checkpoint(path)
+    return trainer, str(path)
+
+
+def test_three_stages_chain_through_checkpoints(tmp_path):
+    datamodule = _datamodule(tmp_path)
+    mtp = _model(tmp_path)
+    _, mtp_ckpt = _fit(mtp, datamodule, tmp_path, "mtp")
+    semantic_ids = mtp.vocab["semantic_ids"]
+    assert len(semantic_ids) == datamodule.num_items + 1
+    assert len({tuple(row) for row in semantic_ids[1:]}) == datamodule.num_items  # unique paths
+
+    vaft = _model(tmp_path, stage="vaft", pretrained=mtp_ckpt)
+    assert vaft.vocab["semantic_ids"] == semantic_ids
+    for name, value in mtp.state_dict().items():
+        assert torch.equal(vaft.state_dict()[name], value.cpu()), name
+    _, vaft_ckpt = _fit(vaft, datamodule, tmp_path, "vaft")
+
+    hepo = _model(tmp_path, stage="hepo", pretrained=vaft_ckpt, value_weight=0.5)
+    trainer, _ = _fit(hepo, datamodule, tmp_path, "hepo")
+    assert {"train/hepo_critic_loss", "train/hepo_policy_loss_3", "train/mtp_loss"} <= set(
+        trainer.logged_metrics
+    )
+    results = trainer.test(hepo, datamodule=datamodule, verbose=False)[0]
+    assert {"test/recall@10", "test/ndcg@10", "test/ecpm@5"} <= set(results)
+    assert results["test/ecpm@5"] > 0
+
+    # Decoding only ever emits catalogue items; ad requests only ads.
+    history = next(iter(datamodule.test_dataloader())).input_ids[:8]
+    items, log_probs = hepo.recommend(history, k=10)
+    assert bool((items[torch.isfinite(log_probs)] > 0).all())
+    ads, ad_log_probs = hepo.recommend(history, k=5, ads_only=True)
+    assert bool(hepo._is_ad[ads[torch.isfinite(ad_log_probs)]].all())
+
+
+def test_vaft_weights_ad_targets_by_their_value(tmp_path):
+    datamodule = _datamodule(tmp_path)
+    model = _model(tmp_path, stage="vaft", value_event="click", requests_per_window=2)
+    model.prepare_catalogue(datamodule)
+    batch = next(iter(datamodule.train_dataloader()))
+    requests = model.sample_requests(batch)
+    assert requests.targets.shape[0] == 2 * len(batch)
+    weights = model.value_weights(batch, requests)
+    targets = requests.targets
+    is_ad = model._is_ad[targets] & (targets > 0)
+    assert torch.equal(weights[~is_ad & (targets > 0)], torch.ones(int((~is_ad & (targets > 0)).sum())))
+    assert torch.equal(weights[targets == 0], torch.zeros(int((targets == 0).sum())))
+    bids = model._bids[targets[is_ad]]
+    assert torch.allclose(weights[is_ad], bids / bids.mean())
+
+
+def test_ads_are_a_fixed_hashed_share_of_the_items():
+    raw = [f"S{index:09d}" for index in range(2000)]
+    flags = ad_items(["[PAD]", *raw], 0.3)
+    assert not flags[0] and 0.25 < flags[1:].float().mean() < 0.35
+    assert torch.equal(flags, ad_items(["[PAD]", *raw], 0.3))
+    with pytest.raises(ValueError, match="ad_share"):
+        ad_items(raw, 1.5)
