@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_rec.blocks.smoa import inject_smoa, load_smoa
+from lightning_rec.blocks.smoa import SMOA_PEFT_TYPE, inject_smoa, load_smoa
 from lightning_rec.hub.peft_layout import read_peft_adapter_config
 from lightning_rec.hub.pretrained import resolve_pretrained
 
@@ -169,7 +169,7 @@ class HFCausalLM(nn.Module):
             or ``"lora"`` (PEFT), to ``target_modules`` with ``r``, ``alpha`` and, for SMoA,
             ``num_blocks``; the base weights are then frozen.
         adapter_path: load a saved adapter instead (a PEFT-layout folder or Hub repo written by
-            :func:`~lightning_rec.blocks.save_smoa` or PEFT; SMoA is recognised by its config).
+            :func:`~lightning_rec.blocks.save_smoa` or PEFT; SMoA is recognised by its ``peft_type``).
         batch_size: rows per forward pass (prompts times samples).
         seed: seed of the sampling generator, so sampled completions are reproducible.
     """
@@ -442,7 +442,7 @@ def _attach_adapter(
         return get_peft_model(model, config)
     if adapter_path is None:
         return model
-    if "smoa_num_blocks" in read_peft_adapter_config(adapter_path):
+    if read_peft_adapter_config(adapter_path).get("peft_type") == SMOA_PEFT_TYPE:
         return load_smoa(model, adapter_path)
     from peft import PeftModel
 
