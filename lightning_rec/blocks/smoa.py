@@ -691,6 +691,16 @@ def load_smoa(model: nn.Module, source: str | Path, adapter_name: str = "default
             f"{source} is not an SMoA adapter: its adapter_config.json has peft_type "
             f"{config.get('peft_type')!r}, expected {SMOA_PEFT_TYPE!r}"
         )
+    if not (
+        isinstance(config.get("target_modules"), list)
+        and all(isinstance(t, str) for t in config["target_modules"])
+    ):
+        # save_smoa always writes the adapted layers' names; a downloaded regex would reach re.fullmatch
+        # (catastrophic backtracking), so a string is refused rather than matched.
+        raise ValueError(
+            f"{source}: adapter_config.json 'target_modules' must be a list of module names, "
+            f"got {type(config.get('target_modules')).__name__}"
+        )
     official = not any(".smoa." in key for key in tensors)
     if official:
         tensors = _from_official_layout(tensors)

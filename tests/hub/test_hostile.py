@@ -252,6 +252,7 @@ def _saved_smoa(folder: Path) -> Path:
         ("r", "4; rm -rf /", "positive integer"),
         ("lora_dropout", 2.0, r"\[0, 1\)"),
         ("target_modules", {"class_path": "os.system"}, "list of names or a string"),
+        ("target_modules", "(q+)+$", "must be a list of module names"),  # a regex never reaches re
         ("modules_to_save", "classifier", "list of names or null"),
     ],
 )
