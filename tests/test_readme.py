@@ -25,3 +25,12 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch, data_cache):
     model = namespace["model"].eval()
     assert torch.equal(namespace["pulled"].eval()(ids), model(ids))
     assert torch.equal(namespace["same"].eval()(ids), model(ids))
+    # "Compose the blocks": each block on the user's own module came back from save_pretrained.
+    for name in ("again", "same_heads", "reloaded", "reloaded_judge"):
+        assert name in namespace, f"the compose snippet lost {name!r}"
+    assert type(namespace["again"].encoder.module).__name__ == "MyEncoder"
+    judge, reloaded_judge = namespace["judge"], namespace["reloaded_judge"]
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(judge.state_dict().values(), reloaded_judge.state_dict().values(), strict=True)
+    )

@@ -64,13 +64,16 @@ class ThinkingBackbone(Protocol):
         ...
 
 
-class ModuleSequenceEncoder(nn.Module):
+class ModuleSequenceEncoder(HubMixin, nn.Module):
     """A user's module as a :class:`ThinkingBackbone`, by re-encoding; built by :func:`as_sequence_encoder`.
 
-    ``module`` maps item ids `b n` -> `b n d` and looks its inputs up in ``embedding`` (one of its own
-    ``nn.Embedding`` layers): appended vectors replace that embedding's outputs at the appended
-    positions, whose ids are padding. With ``takes_embeddings`` the module maps `b n d` -> `b n d`
-    and the adapter looks the ids up in ``embedding`` (then a submodule of the adapter) itself.
+    ``module`` maps item ids `b n` -> `b n d` and looks its inputs up in its own ``nn.Embedding``
+    named ``embedding_name`` (``module.get_submodule(embedding_name)``): appended vectors replace
+    that embedding's outputs at the appended positions, whose ids are padding. With
+    ``takes_embeddings`` the module maps `b n d` -> `b n d` and the adapter looks the ids up in
+    ``embedding`` (then a submodule of the adapter) itself. The layer is named rather than passed in
+    ids mode so that ``save_pretrained`` writes it once, inside ``module``; a ``module`` of your own
+    class saves once it is registered (``lightning_rec.hub.register_trusted_class``).
 
     Padding is id 0 on the left, as the data pipeline makes it; the module sees it as it is, so a
     module that does not mask padding reads it like an item.
@@ -79,18 +82,36 @@ class ModuleSequenceEncoder(nn.Module):
     """
 
     def __init__(
-        self, module: nn.Module, embedding: nn.Embedding, takes_embeddings: bool, causal: bool
+        self,
+        module: nn.Module,
+        embedding_name: str = "",
+        embedding: nn.Embedding | None = None,
+        takes_embeddings: bool = False,
+        causal: bool = True,
     ) -> None:
         super().__init__()
         self.module = module
         self.takes_embeddings = takes_embeddings
         if takes_embeddings:
+            if embedding is None:
+                raise ValueError("takes_embeddings=True needs embedding=nn.Embedding(...) to look the ids up")
             self.embedding = embedding
         else:
+            embedding = module.get_submodule(embedding_name)
+            if not isinstance(embedding, nn.Embedding):
+                raise ValueError(
+                    f"module.{embedding_name} is a {type(embedding).__name__}, not an nn.Embedding"
+                )
             # The module owns (and saves) this layer; a second registration would save it twice.
             object.__setattr__(self, "_input_embedding", embedding)
         self.hidden_size = embedding.embedding_dim
         self.causal = causal
+
+    @classmethod
+    def hub_example(cls) -> tuple[ModuleSequenceEncoder, tuple[Tensor]]:
+        """An ``nn.Sequential(Embedding, Linear)`` over 10 items, and a left-padded batch ``(3 8)``."""
+        module = nn.Sequential(nn.Embedding(11, 8, padding_idx=PADDING_ID), nn.Linear(8, 8))
+        return cls(module, embedding_name="0"), (torch.randint(0, 11, (3, 8)),)
 
     def forward(self, input_ids: Tensor, appended: Tensor | None = None) -> Tensor:
         batch, n = input_ids.shape
@@ -204,7 +225,10 @@ def as_sequence_encoder(
         raise ValueError(
             "embedding must be a layer of module (ids mode): the one whose outputs appended vectors extend"
         )
-    return ModuleSequenceEncoder(module, embedding, takes_embeddings, causal)
+    if takes_embeddings:
+        return ModuleSequenceEncoder(module, embedding=embedding, takes_embeddings=True, causal=causal)
+    name = next(name for name, layer in module.named_modules() if layer is embedding)
+    return ModuleSequenceEncoder(module, embedding_name=name, causal=causal)
 
 
 class ThinkingTokenEncoder(HubMixin, nn.Module):
