@@ -253,23 +253,27 @@ def read_json(path: Path, source: str) -> Any:
 
 
 def check_vocab(vocab: Any, source: str) -> dict[str, list[Any]]:
-    """``vocab`` if it is what :meth:`HubMixin.hub_vocab` writes: an object of lists of strings, numbers
-    or nulls (``item_ids`` a list of strings, the other per-item lists as long); ``ValueError`` otherwise."""
+    """``vocab`` if it is what :meth:`HubMixin.hub_vocab` writes: a JSON object of lists or objects
+    (``item_ids`` a list of strings, the other ``item_*`` lists as long); ``ValueError`` otherwise.
+
+    Parsed JSON is plain data (no code, and the file's size is capped before parsing), so nested
+    values such as a quantizer's code lists pass; a block checks the fields it reads itself.
+    """
     if not isinstance(vocab, dict):
         raise ValueError(f"{source}/{VOCAB_FILE}: expected a JSON object, got {type(vocab).__name__}")
     for key, values in vocab.items():
-        if not isinstance(values, list) or not all(
-            value is None or isinstance(value, (str, int, float)) for value in values
-        ):
-            raise ValueError(f"{source}/{VOCAB_FILE}: {key!r} must be a list of strings, numbers or nulls")
+        if not isinstance(values, (list, dict)):
+            raise ValueError(
+                f"{source}/{VOCAB_FILE}: {key!r} must be a list or an object, got {type(values).__name__}"
+            )
     item_ids = vocab.get("item_ids")
     if item_ids is not None:
         if not all(isinstance(item, str) for item in item_ids):
             raise ValueError(f"{source}/{VOCAB_FILE}: 'item_ids' must be a list of strings")
         for key, values in vocab.items():
-            if key.startswith("item_") and len(values) != len(item_ids):
+            if key.startswith("item_") and (not isinstance(values, list) or len(values) != len(item_ids)):
                 raise ValueError(
-                    f"{source}/{VOCAB_FILE}: {key!r} has {len(values)} entries, 'item_ids' {len(item_ids)}"
+                    f"{source}/{VOCAB_FILE}: {key!r} must be a list as long as 'item_ids' ({len(item_ids)})"
                 )
     return vocab
 

@@ -211,8 +211,9 @@ def test_config_with_huge_sizes_is_refused_before_it_allocates(tmp_path, sealed)
     [
         (["not", "an", "object"], "expected a JSON object"),
         ({"item_ids": [1, 2, 3]}, "'item_ids' must be a list of strings"),
-        ({"item_ids": ["[PAD]", "a"], "item_title": ["only one"]}, "'item_title' has 1 entries"),
-        ({"item_ids": ["[PAD]", {"class_path": "os.system"}]}, "list of strings, numbers or nulls"),
+        ({"item_ids": ["[PAD]", "a"], "item_title": ["only one"]}, "'item_title' must be a list as long"),
+        ({"item_ids": ["[PAD]", {"class_path": "os.system"}]}, "'item_ids' must be a list of strings"),
+        ({"item_ids": ["[PAD]", "a"], "item_title": "a string"}, "must be a list or an object"),
     ],
 )
 def test_malformed_vocab_is_refused(vocab, message, tmp_path):
