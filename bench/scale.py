@@ -91,17 +91,28 @@ def cost_cells() -> list[tuple[str, int]]:
     return first + [cell for cell in rest if cell != last] + [last]
 
 
-def run_cost(bench: Bench, steps: int, threads: int) -> None:
-    rows, cells = [], {}
+def run_cost(bench: Bench, steps: int, threads: int, cells_file: Path | None, measure: bool) -> None:
+    """Measure the cells (each in a fresh process) and add the table. With ``cells_file``, cells are
+    kept there as they finish and not measured again, so a run cut short resumes; without
+    ``measure``, the table is assembled from that file alone."""
+    cells = json.loads(cells_file.read_text()) if cells_file and cells_file.is_file() else {}
+    rows = []
     for loss, num_items in cost_cells():
+        key = f"{loss}@{num_items}"
         if (loss, num_items) in TOO_BIG:
             rows.append([loss, num_items, None, None, TOO_BIG[loss, num_items]])
             continue
-        command = [sys.executable, __file__, "--cell", loss, str(num_items), "--steps", str(steps),
-                   "--threads", str(threads)]  # fmt: skip
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
-        cell = json.loads(done.stdout.strip().splitlines()[-1])
-        cells[f"{loss}@{num_items}"] = cell
+        if key not in cells and measure:
+            command = [sys.executable, __file__, "--cell", loss, str(num_items), "--steps", str(steps),
+                       "--threads", str(threads)]  # fmt: skip
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            cells[key] = json.loads(done.stdout.strip().splitlines()[-1])
+            if cells_file:
+                cells_file.write_text(json.dumps(cells, indent=1))
+        if key not in cells:
+            rows.append([loss, num_items, None, None, "not measured (the run was stopped for time)"])
+            continue
+        cell = cells[key]
         rows.append([loss, num_items, round(cell["ms_per_step"]), round(cell["peak_gb"], 2), ""])
         print(f"{loss:>16} {num_items:>9} items: {cell['ms_per_step']:9.0f} ms/step, "
               f"{cell['peak_gb']:.2f} GB peak", flush=True)  # fmt: skip
@@ -159,6 +170,8 @@ def main() -> None:
     parser.add_argument("--cell", nargs=2, metavar=("LOSS", "ITEMS"), help="internal: measure one cell")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per cell (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cells-file", type=Path, default=None, help="keep finished cells here; resume")
+    parser.add_argument("--no-measure", action="store_true", help="only assemble the table from --cells-file")
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--patience", type=int, default=12)
     args, rest = parser.parse_known_args()
@@ -178,7 +191,7 @@ def main() -> None:
             seeds=1,
             argv=rest,
         )
-        run_cost(bench, args.steps, args.threads)
+        run_cost(bench, args.steps, args.threads, args.cells_file, measure=not args.no_measure)
         bench.run(rows={}, trial=lambda row, params, seed: None)
         return
     bench = Bench(

@@ -11,7 +11,7 @@ Axes: b batch, n max_len, d hidden, i items (+ 1 for padding), m supervised posi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ __all__ = ["SequentialRecommender"]
 
 LossName = Literal["ce", "ce_chunked", "sampled_softmax", "gbce", "bce"]
 NegativeSampler = Literal["uniform", "popularity"]
-_LOSSES = ("ce", "ce_chunked", "sampled_softmax", "gbce", "bce")
+_LOSSES = get_args(LossName)
 
 
 class SequentialRecommender(RankingModule):

@@ -1,13 +1,18 @@
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
 
 from lightning_rec.blocks import BERT4Rec, GRU4Rec
 from lightning_rec.blocks import SASRec as SASRecEncoder
+from lightning_rec.cli import run_cli
 from lightning_rec.data.batches import TrainBatch
 from lightning_rec.data.synthetic import SyntheticReviews
 from lightning_rec.datamodules import SequentialRecDataModule
 from lightning_rec.modules import MostPopular, SASRec
+
+SYNTHETIC_1M = Path(__file__).resolve().parents[2] / "configs" / "sasrec" / "synthetic-1m.yaml"
 
 
 def _trainer(**kwargs) -> L.Trainer:
@@ -165,3 +170,21 @@ def test_sampled_softmax_needs_the_popularity_and_takes_it_from_the_datamodule(s
     counts = small_data.item_popularity() + 1
     counts[0] = 0
     torch.testing.assert_close(model.item_popularity, counts / counts.sum())
+
+
+def test_the_million_item_config_trains_when_shrunk(tmp_path, monkeypatch, data_cache):
+    # The shipped YAML as written (sampled softmax, candidate-sampled catalogue, 1-core), only smaller.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
+    monkeypatch.setattr("sys.argv", ["lightning-rec"])
+    small = ["--data.source.init_args.num_users", "80", "--data.source.init_args.num_items", "3000",
+             "--data.source.init_args.num_categories", "5", "--model.init_args.num_negatives", "32",
+             "--trainer.max_epochs", "3", "--trainer.max_steps", "3", "--trainer.val_check_interval", "1.0",
+             "--trainer.logger", "false",
+             "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false"]  # fmt: skip
+    fit = run_cli(["fit", "--config", str(SYNTHETIC_1M), *small])
+    assert fit.model.loss_name == "sampled_softmax"
+    assert fit.model.item_popularity is not None
+    assert fit.datamodule.source.catalogue.choice_candidates == 64
+    assert fit.trainer.global_step == 3
+    assert torch.isfinite(fit.trainer.callback_metrics["train/loss"])
