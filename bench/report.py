@@ -25,14 +25,18 @@ DOCS = REPO / "docs"
 # Order of sections in docs/benchmarks.md; benches not listed follow in name order.
 ORDER = [
     "sasrec_vs_peers",
-    "scale",
+    "scale_cost",
+    "scale_quality",
     "diffureason_ablation",
     "diffureason_ablation_hstu",
     "sgrec_ablation",
     "smoa_vs_lora",
+    "smoa_vs_lora_gpt2",
     "flyprompt_stream",
     "catalogue_lm",
     "candidate_baselines",
+    "candidate_lm_zero_shot",
+    "gpr_tokenizers",
     "gpr_stages",
     "r2rank_reasoning",
 ]
@@ -148,7 +152,7 @@ def render_bench(result: dict[str, Any], image: str | None) -> str:
         f"- Selection: {result['selection']}; seeds {result['seeds']}",
     ]
     for key, value in result.get("info", {}).items():
-        if key != "quick":
+        if key != "quick" and not isinstance(value, (dict, list)):  # structured info stays in the JSON
             lines.append(f"- {key.replace('_', ' ').capitalize()}: {value}")
     if result.get("grid"):
         grid = ", ".join(f"`{k}` ∈ {v}" for k, v in result["grid"].items())
@@ -159,7 +163,8 @@ def render_bench(result: dict[str, Any], image: str | None) -> str:
     metrics = _metric_columns(result)
     extras = _extra_columns(result)
     header = ["row", *[f"test {m}" for m in metrics], f"valid {result['primary']}", *extras]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    if result["rows"]:  # a measurement grid has only its free-form tables
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in result["rows"].items():
         summary = row.get("summary", {})
         cells = [f"**{name}**" if name == result.get("baseline") else name]
