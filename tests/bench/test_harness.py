@@ -58,11 +58,11 @@ def test_selection_reads_validation_only_and_never_calls_unselected_test(tmp_pat
         valid = {"score": 1.0 - abs(lr - 0.1) + params["offset"]}
         test_score = lr + params["offset"] + 0.01 * seed
 
-        def test_metrics() -> dict[str, float]:
+        def measure_test() -> dict[str, float]:
             test_calls.append((row, lr, seed))
             return {"score": test_score}
 
-        return Trial(valid=valid, test=test_metrics, extra={"lr_seen": lr})
+        return Trial(valid=valid, test=measure_test, extra={"lr_seen": lr})
 
     bench = _bench(tmp_path)
     result = bench.run(
