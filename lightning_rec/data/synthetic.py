@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from rich.progress import track
 
 from lightning_rec.atomic import atomic_path
 from lightning_rec.data.amazon import AmazonReviews
@@ -435,7 +436,10 @@ class SyntheticCatalogue:
             }
 
     def _review_records(self) -> Iterator[dict]:
-        for u, record in enumerate(self._iter_users()):
+        users = self._iter_users()
+        if self.num_users >= _PROGRESS_FROM_USERS:  # minutes of work at 10^5 users: show it
+            users = track(users, total=self.num_users, description="Generating synthetic users")
+        for u, record in enumerate(users):
             for item, timestamp, rating in zip(record.items, record.timestamps, record.ratings, strict=True):
                 yield {
                     "overall": float(rating),
@@ -474,6 +478,9 @@ class SyntheticCatalogue:
             # Only when set, so that the default's config (and every cache key built on it) is unchanged.
             **({} if self.choice_candidates is None else {"choice_candidates": self.choice_candidates}),
         } | ({"aspect_strength": self.aspect_strength} if self.aspect_strength else {})
+
+
+_PROGRESS_FROM_USERS = 50_000
 
 
 def _review_time(timestamp: int) -> str:
