@@ -91,3 +91,27 @@ def test_mismatched_evidence_and_use_before_setup_are_clear_errors():
         reward.attach_evidence(LengthEvidence())
     with pytest.raises(RuntimeError, match="setup"):
         reward(torch.tensor([[1]]), torch.tensor([[2]]))
+
+
+def test_a_diffureason_with_a_judge_reward_saves_and_loads(tmp_path):
+    from lightning_rec.blocks import DiffusionHead
+    from lightning_rec.blocks import SASRec as SASRecEncoder
+    from lightning_rec.modules import DiffuReason
+
+    torch.manual_seed(0)
+    judge = PersonalizedSemanticJudge(user_dim=8, hidden_size=16)
+    torch.nn.init.normal_(judge.aggregator[-1].weight)
+    model = DiffuReason(
+        encoder=SASRecEncoder(num_items=20, hidden_size=16, max_len=8),
+        diffusion=DiffusionHead(hidden_size=16, num_steps=8, sampling_steps=4),
+        group_size=2,
+        reward_model=JudgeReward(judge=judge, pretrained=None, score_cache_dir=str(tmp_path / "cache")),
+        reward_model_weight=0.5,
+    )
+    model.save_pretrained(tmp_path / "saved")
+    loaded = DiffuReason.from_pretrained(tmp_path / "saved")
+    assert isinstance(loaded.reward_model, JudgeReward) and loaded.reward_model_weight == 0.5
+    # Where the weights came from and this machine's cache folder do not travel; the weights do.
+    assert loaded.reward_model.score_cache_dir is None
+    saved, restored = model.state_dict(), loaded.state_dict()
+    assert all(torch.equal(saved[k], restored[k]) for k in saved) and saved.keys() == restored.keys()
