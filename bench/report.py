@@ -29,6 +29,7 @@ ORDER = [
     "scale_quality",
     "diffureason_ablation",
     "diffureason_ablation_hstu",
+    "diffureason_judge",
     "sgrec_ablation",
     "smoa_vs_lora",
     "smoa_vs_lora_gpt2",

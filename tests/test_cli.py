@@ -130,6 +130,27 @@ def test_diffureason_ablation_files_stack_on_a_config(row, switches, tmp_path, m
     assert (model.thinking is not None, model.diffusion is not None, model.use_grpo) == switches
 
 
+def test_diffureason_judge_reward_config_fits_with_a_saved_judge(tmp_path, monkeypatch, data_cache):
+    from lightning_rec.blocks import PersonalizedSemanticJudge
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
+    # A judge as S-GRec's judge stage saves it (its checkpoint works the same: tests/modules/test_rewards.py).
+    judge = PersonalizedSemanticJudge(user_dim=384, hidden_size=64)
+    torch.nn.init.normal_(judge.aggregator[-1].weight)
+    judge.save_pretrained(tmp_path / "judge")
+    # One batch per epoch on this data: two epochs are two GRPO steps, each followed by validation.
+    arguments = ["--config", str(DIFFUREASON / "judge-reward.yaml"), *SMALL, "--trainer.max_epochs", "2",
+                 "--model.grpo_warmup_steps", "0",
+                 "--model.reward_model.init_args.pretrained", str(tmp_path / "judge")]  # fmt: skip
+    fit = run_cli(["fit", *arguments])
+    loaded = fit.model.reward_model.judge.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in judge.state_dict().items())
+    # Both steps were GRPO updates rewarded by the judge: a holistic score in (0, 1).
+    assert fit.trainer.global_step == 2 and "val/ndcg@10" in fit.trainer.callback_metrics
+    assert 0 < float(fit.trainer.callback_metrics["train/grpo_reward_model_mean"]) < 1
+
+
 def test_predict_writes_raw_ids_from_a_checkpoint_or_a_saved_model(tmp_path, monkeypatch, data_cache):
     import json
 

@@ -14,6 +14,7 @@ from lightning_rec.blocks.judge import (
     LLMAspectEvidence,
     PersonalizedSemanticJudge,
     UserContext,
+    history_contexts,
 )
 from lightning_rec.blocks.prompts import DeepPrompts, tiny_vit_config
 from lightning_rec.blocks.router import RandomExpandedAnalyticRouter
@@ -71,6 +72,7 @@ __all__ = [
     "UserContext",
     "as_sequence_encoder",
     "block_partition",
+    "history_contexts",
     "inject_smoa",
     "load_smoa",
     "save_smoa",

@@ -63,6 +63,7 @@ __all__ = [
     "LLMAspectEvidence",
     "PersonalizedSemanticJudge",
     "UserContext",
+    "history_contexts",
     "pair_outcomes",
     "sample_judged",
 ]
@@ -135,6 +136,12 @@ class UserContext:
         return cls(
             key=hashlib.blake2b(text.encode(), digest_size=12).hexdigest(), history=items, situation=situation
         )
+
+
+def history_contexts(input_ids: Tensor, item_texts: Sequence[ItemText]) -> list[UserContext]:
+    """`b n` left-padded histories of item indices -> what a judge reads of each user: the texts of the
+    items, oldest first (``item_texts[i]`` is item index ``i``; padding 0 is skipped)."""
+    return [UserContext.of([item_texts[item] for item in row if item > 0]) for row in input_ids.tolist()]
 
 
 class AspectEvidence(Protocol):
@@ -607,6 +614,19 @@ class PersonalizedSemanticJudge(HubMixin, nn.Module):
         with torch.no_grad():
             judge.aggregator[-1].weight.normal_(generator=generator)
         return judge, (torch.randn(3, 8, generator=generator), torch.rand(3, 5, 3, generator=generator))
+
+    def check_evidence(self, evidence: AspectEvidence) -> None:
+        """Refuse a stage-A backend whose aspects or user feature size are not the ones this judge weighs."""
+        if tuple(evidence.aspects) != self.aspects:
+            raise ValueError(
+                f"the evidence scores aspects {list(evidence.aspects)} but the judge weighs "
+                f"{list(self.aspects)}"
+            )
+        if evidence.feature_size != self.user_dim:
+            raise ValueError(
+                f"the evidence gives {evidence.feature_size}-d user features but judge.user_dim is "
+                f"{self.user_dim}; build the judge with user_dim={evidence.feature_size}"
+            )
 
     @property
     def num_aspects(self) -> int:

@@ -1,4 +1,5 @@
-"""Layer 3: one LightningModule per method, composed from blocks, objectives and metrics."""
+"""Layer 3: one LightningModule per method, composed from blocks, objectives and metrics; and the
+reward components an RL module takes (``rewards.py``: S-GRec's judge as a reward for any module)."""
 
 from lightning_rec.modules.adapter_finetune import AdapterFineTune
 from lightning_rec.modules.causal_lm import CausalLM
@@ -7,6 +8,7 @@ from lightning_rec.modules.flyprompt import FlyPrompt
 from lightning_rec.modules.gpr import GPR
 from lightning_rec.modules.most_popular import MostPopular
 from lightning_rec.modules.ranking_module import RankingModule
+from lightning_rec.modules.rewards import ItemReward, JudgeReward
 from lightning_rec.modules.sasrec import SASRec
 from lightning_rec.modules.sequential_recommender import SequentialRecommender
 from lightning_rec.modules.sgrec import SGRec
@@ -17,6 +19,8 @@ __all__ = [
     "CausalLM",
     "DiffuReason",
     "FlyPrompt",
+    "ItemReward",
+    "JudgeReward",
     "MostPopular",
     "RankingModule",
     "SASRec",

@@ -22,8 +22,11 @@ random others, all read from the one encoded window):
 4. Align (after ``grpo_warmup_steps``), through the RL core (``lightning_rec.objectives.rollout``):
    a rollout of G stochastic reverse processes (eta > 0) at each window's last request, under the
    whole policy (encoder + thinking + head) without dropout, storing each step's log-probability;
-   reward = NDCG (1 / log2(rank + 1)) or reciprocal rank of the target under each sampled intent;
-   group z-scored advantages; then ``ppo_epochs`` passes of PPO-clipped updates against the stored
+   reward = NDCG (1 / log2(rank + 1)) or reciprocal rank of the target under each sampled intent,
+   plus, with a ``reward_model`` (e.g. S-GRec's judge, :class:`~lightning_rec.modules.JudgeReward`),
+   its weight times the model's mean reward of the top-``reward_model_slate`` items of the intent
+   (S-GRec's "reward_sum" combination, arXiv 2602.10606); group z-scored advantages; then
+   ``ppo_epochs`` passes of PPO-clipped updates against the stored
    log-probabilities, with the deterministic last reverse step masked out and an optional KL to a
    frozen copy of the whole policy. Steps 1-3 are trained in the same updates.
 
@@ -55,6 +58,8 @@ from lightning_rec.blocks.sequence import SequenceEncoder
 from lightning_rec.blocks.thinking import FeedbackName, ThinkingTokenEncoder
 from lightning_rec.data.batches import TrainBatch
 from lightning_rec.hub.cards import render_model_card
+from lightning_rec.metrics.ranking import chunked_topk
+from lightning_rec.modules.rewards import ItemReward
 from lightning_rec.modules.sequential_recommender import LossName, SequentialRecommender
 from lightning_rec.objectives import PPOConfig, group_advantages
 from lightning_rec.objectives.rollout import (
@@ -98,6 +103,14 @@ class DiffuReason(SequentialRecommender):
         group_size: G sampled intents per request.
         sampling_eta: DDIM eta of the sampled reverse processes (> 0: a stochastic policy).
         reward: ``"ndcg"`` (1 / log2(rank + 1), NDCG with one relevant item) or ``"reciprocal_rank"``.
+        reward_model: a reward on recommended items added to ``reward`` in GRPO (any
+            :class:`~lightning_rec.modules.ItemReward`, e.g. S-GRec's judge,
+            :class:`~lightning_rec.modules.JudgeReward`; ``configs/diffureason/judge-reward.yaml``). Each
+            sampled intent's reward becomes ``reward + reward_model_weight * mean reward_model score of
+            its top reward_model_slate items`` (history excluded, as served). Frozen; set up with the
+            training data. ``None``: the ranking reward alone.
+        reward_model_weight: weight of the reward model's term (> 0).
+        reward_model_slate: items of each sampled intent the reward model scores (its top ones).
         clip_epsilon: PPO clip range of the policy ratio.
         kl_coef: weight of the k3 KL to a frozen copy of the whole policy (encoder, thinking, head)
             taken when GRPO starts (0 disables the copy).
@@ -125,6 +138,9 @@ class DiffuReason(SequentialRecommender):
         group_size: int = 8,
         sampling_eta: float = 1.0,
         reward: RewardName = "ndcg",
+        reward_model: ItemReward | None = None,
+        reward_model_weight: float = 1.0,
+        reward_model_slate: int = 10,
         clip_epsilon: float = 0.2,
         kl_coef: float = 0.0,
         ppo_epochs: int = 1,
@@ -164,6 +180,14 @@ class DiffuReason(SequentialRecommender):
                 f"grpo_loss_weight > 0, got group_size={group_size}, sampling_eta={sampling_eta}, "
                 f"grpo_loss_weight={grpo_loss_weight}"
             )
+        if reward_model is not None and (
+            not use_grpo or reward_model_weight <= 0 or not 1 <= reward_model_slate <= encoder.num_items
+        ):
+            raise ValueError(
+                f"a reward_model needs use_grpo=True, reward_model_weight > 0 and reward_model_slate in "
+                f"[1, num_items={encoder.num_items}], got use_grpo={use_grpo}, "
+                f"reward_model_weight={reward_model_weight}, reward_model_slate={reward_model_slate}"
+            )
         self.use_thinking = use_thinking
         self.use_diffusion = use_diffusion
         self.use_grpo = use_grpo
@@ -188,6 +212,10 @@ class DiffuReason(SequentialRecommender):
         self.group_size = group_size
         self.sampling_eta = sampling_eta
         self.reward_name = reward
+        # Frozen: the policy is rewarded by it, never trains it.
+        self.reward_model = reward_model.requires_grad_(False) if reward_model is not None else None
+        self.reward_model_weight = reward_model_weight
+        self.reward_model_slate = reward_model_slate
         self.ppo = PPOConfig(
             ppo_epochs=ppo_epochs, num_minibatches=num_minibatches, clip_epsilon=clip_epsilon, kl_coef=kl_coef
         )
@@ -224,6 +252,17 @@ class DiffuReason(SequentialRecommender):
         names.append("Diffuse" if self.diffusion else "no Diffuse")
         names.append("GRPO" if self.use_grpo else "no GRPO")
         return names
+
+    def setup(self, stage: str) -> None:
+        """Vocabulary (parent), then the reward model reads what it needs from the training data."""
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.reward_model is not None and stage == "fit":
+            if datamodule is None or not hasattr(datamodule, "data"):
+                raise ValueError(
+                    "DiffuReason's reward_model needs a datamodule with its data (a SequentialRecDataModule)"
+                )
+            self.reward_model.setup(datamodule.data)
 
     # ------------------------------------------------------------ Think, Diffuse
     def request_ids(self, input_ids: Tensor) -> Tensor:
@@ -382,14 +421,7 @@ class DiffuReason(SequentialRecommender):
                 reference=None if reference is None else reference["diffusion"],
                 reference_condition=reference_condition,
             )
-            rewards = rearrange(
-                self.ranking_reward(
-                    rearrange(rollout.x0, "b g d -> (b g) d"),
-                    repeat(targets, "b -> (b g)", g=self.group_size),
-                ),
-                "(b g) -> b g",
-                g=self.group_size,
-            )
+            rewards, model_rewards = self.rollout_rewards(rollout.x0, batch.input_ids, targets)
         supervised_done = torch.zeros(len(batch), dtype=torch.bool)
         logs: dict[str, Tensor] = {}
 
@@ -411,6 +443,8 @@ class DiffuReason(SequentialRecommender):
         diagnostics = ppo_update(rollout, group_advantages(rewards), evaluate, step, self.ppo)
         logs |= {f"train/grpo_{name}": value for name, value in diagnostics.items()}
         logs["train/grpo_reward_mean"] = rewards.mean()
+        if model_rewards is not None:
+            logs["train/grpo_reward_model_mean"] = model_rewards.mean()
         return logs
 
     @contextmanager
@@ -425,6 +459,31 @@ class DiffuReason(SequentialRecommender):
         finally:
             for module, training in modes:
                 module.training = training
+
+    def rollout_rewards(
+        self, intents: Tensor, history: Tensor, target_ids: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """Sampled intents ``(b g d)``, histories ``(b n)`` and targets ``(b)`` -> the GRPO reward ``(b g)``
+        and the reward model's term ``(b g)`` before its weight (``None`` without a reward model).
+
+        reward = ranking reward + reward_model_weight * mean reward_model score of the intent's top
+        ``reward_model_slate`` items, the history excluded (what would be served).
+        """
+        g = intents.shape[1]
+        flat_intents = rearrange(intents, "b g d -> (b g) d")
+        rewards = rearrange(
+            self.ranking_reward(flat_intents, repeat(target_ids, "b -> (b g)", g=g)), "(b g) -> b g", g=g
+        )
+        if self.reward_model is None:
+            return rewards, None
+        histories = repeat(history, "b n -> (b g) n", g=g)
+        slate, _ = chunked_topk(
+            flat_intents, self.item_embeddings(), self.reward_model_slate, exclude=histories
+        )
+        model_rewards = rearrange(
+            self.reward_model(histories, slate).float().mean(dim=-1), "(b g) -> b g", g=g
+        )
+        return rewards + self.reward_model_weight * model_rewards, model_rewards
 
     def ranking_reward(self, intents: Tensor, target_ids: Tensor) -> Tensor:
         """Intents ``(m d)``, targets ``(m)`` -> reward ``(m)``: the target's utility under full ranking.

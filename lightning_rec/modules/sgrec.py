@@ -56,11 +56,10 @@ from torchmetrics import MeanMetric
 from lightning_rec.blocks.judge import (
     AspectEvidence,
     CachedEvidence,
-    EmbeddingAspectEvidence,
     ItemText,
-    LLMAspectEvidence,
     PersonalizedSemanticJudge,
     UserContext,
+    history_contexts,
     pair_outcomes,
     sample_judged,
 )
@@ -72,7 +71,7 @@ from lightning_rec.data.synthetic import SyntheticCatalogue, SyntheticReviews
 from lightning_rec.data.text_files import default_cache_dir
 from lightning_rec.datamodules.sequential import SequentialRecDataModule
 from lightning_rec.hub.cards import render_model_card
-from lightning_rec.hub.pretrained import MINILM_HUB_ID, resolve_pretrained
+from lightning_rec.modules.rewards import catalogue_item_texts, load_aspect_evidence
 from lightning_rec.modules.sequential_recommender import SequentialRecommender
 from lightning_rec.objectives.a2po import A2PO_MODES, A2POMode, a2po_advantages
 from lightning_rec.objectives.ppo import KLEstimator, PPOConfig
@@ -383,16 +382,7 @@ class SGRec(SequentialRecommender):
     def attach_evidence(self, evidence: AspectEvidence) -> None:
         """Use this stage-A backend (instead of loading ``evidence_model`` at set-up), e.g. to share one
         loaded encoder between runs."""
-        if tuple(evidence.aspects) != self.judge.aspects:
-            raise ValueError(
-                f"the evidence scores aspects {list(evidence.aspects)} but the judge weighs "
-                f"{list(self.judge.aspects)}"
-            )
-        if evidence.feature_size != self.judge.user_dim:
-            raise ValueError(
-                f"the evidence gives {evidence.feature_size}-d user features but judge.user_dim is "
-                f"{self.judge.user_dim}; build the judge with user_dim={evidence.feature_size}"
-            )
+        self.judge.check_evidence(evidence)
         self.evidence = evidence
 
     def setup(self, stage: str) -> None:
@@ -402,10 +392,7 @@ class SGRec(SequentialRecommender):
         if not isinstance(datamodule, SequentialRecDataModule):
             raise ValueError("SGRec needs a SequentialRecDataModule (its item texts, prices and users)")
         data = datamodule.data
-        self._item_texts = [
-            ItemText(title or raw, category)
-            for raw, title, category in zip(data.item_ids, data.item_title, data.item_category, strict=True)
-        ]
+        self._item_texts = catalogue_item_texts(data)
         bids = item_bids([None if np.isnan(p) else float(p) for p in data.item_price])
         if isinstance(datamodule.source, SyntheticReviews):
             self.simulator = CatalogueSimulator(
@@ -416,33 +403,13 @@ class SGRec(SequentialRecommender):
         else:
             self.simulator = LoggedHitSimulator(bids)
         if self.evidence is None:
-            self.attach_evidence(self._load_evidence())
+            self.attach_evidence(
+                load_aspect_evidence(self.evidence_backend, self.evidence_model, self.judge.aspects)
+            )
         directory = self.score_cache_dir
         if directory is None:
             directory = str(default_cache_dir() / "sgrec_scores")
         self._cached_evidence = CachedEvidence(self.evidence, directory or None)
-
-    def _load_evidence(self) -> AspectEvidence:
-        try:
-            from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
-        except ImportError as error:
-            raise ImportError(
-                "the judge's evidence backends need transformers: pip install 'lightning-rec[llm]'"
-            ) from error
-        if self.evidence_backend == "llm":
-            # Safetensors only and never trust_remote_code: a Hub id names weights, not code to run.
-            model = AutoModelForCausalLM.from_pretrained(self.evidence_model, use_safetensors=True)
-            tokenizer = AutoTokenizer.from_pretrained(self.evidence_model)
-            return LLMAspectEvidence(
-                model, tokenizer, aspects=self.judge.aspects, model_name=self.evidence_model
-            )
-        name = self.evidence_model or MINILM_HUB_ID
-        path = resolve_pretrained(name)
-        return EmbeddingAspectEvidence(
-            AutoModel.from_pretrained(path, use_safetensors=True), AutoTokenizer.from_pretrained(path),
-            aspects=self.judge.aspects,
-            model_name=name,
-        )  # fmt: skip
 
     def on_train_start(self) -> None:
         if self.stage == "judge":
@@ -477,9 +444,7 @@ class SGRec(SequentialRecommender):
         """`b n` histories -> what the judge reads of each user: the texts of the items."""
         if self._cached_evidence is None:
             raise RuntimeError("SGRec's judge is not set up: run it through a Trainer with a datamodule")
-        return [
-            UserContext.of([self._item_texts[item] for item in row if item > 0]) for row in input_ids.tolist()
-        ]
+        return history_contexts(input_ids, self._item_texts)
 
     def judge_scores(self, input_ids: Tensor, items: Tensor) -> Tensor:
         """The judge's holistic score `b c` in [0, 1] of candidates `b c` for histories `b n`."""

@@ -11,8 +11,9 @@ from lightning_rec.blocks import SASRec as SASRecEncoder
 from lightning_rec.data.batches import TrainBatch
 from lightning_rec.data.synthetic import SyntheticReviews
 from lightning_rec.datamodules import SequentialRecDataModule
+from lightning_rec.hub import register_trusted_class
 from lightning_rec.metrics.ranking import target_ranks
-from lightning_rec.modules import DiffuReason, MostPopular, SASRec
+from lightning_rec.modules import DiffuReason, ItemReward, MostPopular, SASRec
 
 
 def _trainer(**kwargs) -> L.Trainer:
@@ -293,3 +294,63 @@ def test_training_and_inference_rank_with_the_same_start():
     noise = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
     noisy = model.diffusion.sample(model.condition(batch.input_ids), start_noise=noise)
     assert (noisy.x0 - served).norm() > 0.05 * served.norm()
+
+
+class _ItemIndexReward(ItemReward):
+    """A reward whose value is known by hand: item index / 100, whatever the history."""
+
+    def forward(self, input_ids, items):
+        return items.float() / 100
+
+
+# A module saves its config with its reward model: a user's own class says how to rebuild it.
+register_trusted_class(_ItemIndexReward, lambda reward: {})
+
+
+@pytest.mark.parametrize("weight", [0.5, 2.0])
+def test_reward_model_adds_its_weighted_mean_over_each_intents_slate(weight):
+    torch.manual_seed(0)
+    plain = _model(group_size=3)
+    judged = _model(
+        group_size=3, reward_model=_ItemIndexReward(), reward_model_weight=weight, reward_model_slate=4
+    )
+    judged.load_state_dict(plain.state_dict(), strict=True)  # the same policy, the same item table
+    intents = torch.randn(5, 3, 16)  # (b g d)
+    history = torch.randint(0, 21, (5, 10))
+    targets = torch.randint(1, 21, (5,))
+    base, none = plain.rollout_rewards(intents, history, targets)
+    rewards, model_term = judged.rollout_rewards(intents, history, targets)
+    assert none is None
+    # Brute force: score every item, drop padding and the history, mean of item / 100 over the top 4.
+    expected = torch.empty(5, 3)
+    for b in range(5):
+        for g in range(3):
+            scores = intents[b, g] @ plain.item_embeddings().T
+            scores[0] = float("-inf")
+            scores[history[b]] = float("-inf")
+            expected[b, g] = (scores.topk(4).indices.float() / 100).mean()
+    torch.testing.assert_close(model_term, expected)
+    torch.testing.assert_close(rewards, base + weight * expected)
+    torch.testing.assert_close(base[0, 0], plain.ranking_reward(intents[0, :1], targets[:1])[0])
+
+
+def test_reward_model_arguments_are_checked():
+    with pytest.raises(ValueError, match="use_grpo=True"):
+        _model(use_grpo=False, reward_model=_ItemIndexReward())
+    with pytest.raises(ValueError, match="reward_model_slate"):
+        _model(reward_model=_ItemIndexReward(), reward_model_slate=21)
+    with pytest.raises(ValueError, match="reward_model_weight"):
+        _model(reward_model=_ItemIndexReward(), reward_model_weight=0.0)
+
+
+def test_grpo_with_a_reward_model_trains_and_leaves_the_reward_model_frozen():
+    torch.manual_seed(0)
+    reward_model = torch.nn.Linear(1, 1)  # a parameter that must stay out of training
+    reward = _ItemIndexReward()
+    reward.scale = reward_model
+    model = _trained_looking(_model(group_size=4, grpo_warmup_steps=0, reward_model=reward))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    before = reward_model.weight.detach().clone()
+    logs = _train_step(model, _batch(20), optimizer)
+    assert not reward_model.weight.requires_grad and torch.equal(reward_model.weight, before)
+    assert 0 < float(logs["train/grpo_reward_model_mean"]) <= 0.2  # item / 100 over 20 items
