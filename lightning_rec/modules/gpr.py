@@ -413,7 +413,8 @@ class GPR(RankingModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor | None:
         if self.stage == "hepo":
-            self.hepo_update(batch, self.hepo_rollout(batch), self._optimizer_step)
+            logs = self.hepo_update(batch, self.hepo_rollout(batch), self._optimizer_step)
+            self.log_dict(logs, batch_size=len(batch))
             return None
         # 1-2. Requests cut from the windows, with the next N items as the heads' targets.
         requests = self.sample_requests(batch)
@@ -512,7 +513,7 @@ class GPR(RankingModule):
         self, batch: TrainBatch, rollout: HEPORollout, step: Callable[[Tensor], None]
     ) -> dict[str, Tensor]:
         """Step 4: ``ppo_epochs`` passes of clipped updates on a rollout of ``batch``'s ad requests;
-        ``step`` takes each update's loss and makes the optimiser step. Logs and returns the diagnostics."""
+        ``step`` takes each update's loss and makes the optimiser step. Returns the diagnostics to log."""
         history = batch.input_ids
         mtp_done = torch.zeros(len(batch), dtype=torch.bool)
         critic_losses: list[Tensor] = []
@@ -531,8 +532,8 @@ class GPR(RankingModule):
             mtp_done[fresh] = True
             if len(fresh) > 0 and self.mtp_loss_weight > 0:
                 # VAFT's loss on the windows seen for the first time: once per batch, as in VAFT.
-                windows = fresh.to(history.device)
-                windows = TrainBatch(history[windows], batch.target_ids[windows])
+                index = fresh.to(history.device)
+                windows = TrainBatch(history[index], batch.target_ids[index])
                 requests = self.sample_requests(windows)
                 mtp, parts = self.mtp_loss(requests, self.value_weights(windows, requests))
                 auxiliary = auxiliary + self.mtp_loss_weight * mtp * (len(fresh) / len(batch))
@@ -547,7 +548,6 @@ class GPR(RankingModule):
         }
         logs |= {f"train/hepo_{name}": value for name, value in diagnostics.items()}
         logs["train/loss"] = diagnostics["loss"] + diagnostics["auxiliary_loss"]
-        self.log_dict(logs, batch_size=len(batch))
         return logs
 
     def ad_intents(self, history: Tensor) -> Tensor:
