@@ -73,7 +73,7 @@ from torchmetrics import MeanMetric
 
 from lightning_rec.blocks.hhd import ENVIRONMENT, ITEM, ORGANIC, PAD, USER, HeterogeneousHierarchicalDecoder
 from lightning_rec.blocks.semantic_id import SemanticIdQuantizer, SemanticIdTrie
-from lightning_rec.data.batches import EvalBatch, TrainBatch
+from lightning_rec.data.batches import EvalBatch, PredictBatch, TrainBatch
 from lightning_rec.data.item_embeddings import item_text_embeddings
 from lightning_rec.data.synthetic import SyntheticReviews
 from lightning_rec.datamodules.sequential import SequentialRecDataModule
@@ -628,17 +628,29 @@ class GPR(RankingModule):
         return value
 
     @torch.no_grad()
-    def recommend(self, history: Tensor, k: int, ads_only: bool = False) -> tuple[Tensor, Tensor]:
-        """Constrained beam search: histories `b n` -> item indices `b k` (0 where fewer exist) and
-        their summed log-probs `b k`. ``ads_only``: an ad request (ads allow-list, value-guided)."""
+    def recommend(
+        self, history: Tensor, k: int, ads_only: bool = False, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Constrained beam search: histories `b n` -> item indices `b k` (0 where fewer exist, with
+        log-prob -inf) and their summed log-probs `b k`. ``ads_only``: an ad request (ads allow-list,
+        value-guided). ``exclude`` `b h`: items (0-padded) never recommended, e.g. the seen ones. The
+        beam is ``max(beam_size, k)`` wide."""
         tokens = self.request_tokens(history, AD_REQUEST if ads_only else NEXT_ITEM_REQUEST)
         intent = self.decoder.intents(*tokens)[0][:, 0]
         guided = ads_only and self.value_weight > 0
+        allowed = self._ad_allow_list(history.shape[0], history.device) if ads_only else None
+        if exclude is not None:
+            # Column 0 of the scatter is padding; trie row r is item r + 1.
+            kept = torch.ones(
+                history.shape[0], len(self._item_codes), dtype=torch.bool, device=history.device
+            )
+            kept = kept.scatter(1, exclude, False)[:, 1:]
+            allowed = kept if allowed is None else allowed & kept
         result = self._trie.beam_search(
             self._step_function(intent),
             batch_size=history.shape[0],
-            beam_size=self.beam_size,
-            allowed_items=self._ad_allow_list(history.shape[0], history.device) if ads_only else None,
+            beam_size=max(self.beam_size, k),
+            allowed_items=allowed,
             value_fn=self._value_function(intent) if guided else None,
             value_weight=self.value_weight,
             device=history.device,
@@ -681,8 +693,21 @@ class GPR(RankingModule):
         super().on_test_epoch_end()
         self.test_results |= value
 
-    def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Tensor]:
-        items, scores = self.recommend(batch.input_ids, k=max(self.hparams.ks))
+    #: what ``predict_step`` returns: the top ``prediction_k`` (``None``: the largest metric cut-off)
+    #: items of constrained beam search, seen ones excluded unless ``prediction_exclude_history`` is
+    #: False. Inference settings, not hyperparameters: :class:`~lightning_rec.callbacks.RecommendationWriter`
+    #: sets them from its own and writes the items' raw ids.
+    prediction_k: int | None = None
+    prediction_exclude_history: bool = True
+
+    def predict_step(self, batch: PredictBatch | EvalBatch, batch_idx: int) -> dict[str, Tensor]:
+        """``user_index (b)``, item indices ``items (b k)`` (0 where fewer exist) and their summed
+        log-probs ``scores (b k)`` (-inf there)."""
+        items, scores = self.recommend(
+            batch.input_ids,
+            k=self.prediction_k or max(self.hparams.ks),
+            exclude=batch.history if self.prediction_exclude_history else None,
+        )
         return {"user_index": batch.user_index, "items": items, "scores": scores}
 
     def configure_optimizers(self):

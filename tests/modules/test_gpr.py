@@ -1,10 +1,13 @@
 """GPR: semantic ids, the HHD, and MTP -> VAFT -> HEPO chained through checkpoints."""
 
+import json
+
 import lightning as L
 import pytest
 import torch
 
 from lightning_rec.blocks import HeterogeneousHierarchicalDecoder, SemanticIdQuantizer
+from lightning_rec.callbacks import RecommendationWriter
 from lightning_rec.data import SyntheticReviews
 from lightning_rec.datamodules import SequentialRecDataModule
 from lightning_rec.modules import GPR
@@ -87,6 +90,23 @@ def test_three_stages_chain_through_checkpoints(tmp_path):
     assert bool((items[torch.isfinite(log_probs)] > 0).all())
     ads, ad_log_probs = hepo.recommend(history, k=5, ads_only=True)
     assert bool(hepo._is_ad[ads[torch.isfinite(ad_log_probs)]].all())
+
+    # predict: every user's top 12 (above beam_size=10) unseen items, as raw ids.
+    writer = RecommendationWriter(output_path=str(tmp_path / "predictions.jsonl"), k=12)
+    L.Trainer(
+        logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[writer]
+    ).predict(hepo, datamodule=datamodule, return_predictions=False)
+    lines = [json.loads(line) for line in writer.output_path.read_text().splitlines()]
+    sequences = datamodule.data
+    assert [line["user_id"] for line in lines] == sequences.user_ids
+    for user, line in enumerate(lines):
+        seen = {
+            sequences.item_ids[i]
+            for i in sequences.items[sequences.offsets[user] : sequences.offsets[user + 1]]
+        }
+        assert len(line["items"]) == 12 and len(set(line["items"])) == 12
+        assert set(line["items"]) <= set(sequences.item_ids[1:]) and not set(line["items"]) & seen
+        assert line["scores"] == sorted(line["scores"], reverse=True)
 
 
 def test_vaft_weights_ad_targets_by_their_value(tmp_path):
