@@ -248,6 +248,9 @@ class GPR(RankingModule):
         )
         # HEPO takes ppo_epochs * num_minibatches optimiser steps per batch (objectives/rollout.py).
         self.automatic_optimization = stage != "hepo"
+        # The HTE critic trains in HEPO only: frozen before, it is no parameter without a gradient
+        # (which DDP rejects), and MTP / VAFT leave it as it was anyway.
+        self.decoder.value_heads.requires_grad_(stage == "hepo")
         self.beam_size = beam_size
         self.value_weight = value_weight
         self.slate_size = slate_size
@@ -336,6 +339,9 @@ class GPR(RankingModule):
         elif self.vocab["item_ids"] != data.item_ids:
             raise ValueError("the checkpoint's semantic ids belong to another item numbering than the data's")
         self.attach_catalogue(self.vocab)
+        # The tokenizer is fixed once the semantic ids are assigned (set-up runs before DDP wraps the
+        # module, which must not see parameters that never get a gradient).
+        self.quantizer.requires_grad_(False)
         bids = item_bids([None if np.isnan(p) else float(p) for p in data.item_price])
         self._bids = torch.where(self._is_ad, bids, torch.zeros_like(bids))
         if isinstance(datamodule.source, SyntheticReviews):
