@@ -239,7 +239,7 @@ class GPR(RankingModule):
         self.requests_per_window = requests_per_window
         self.num_candidates = num_candidates
         self.mtp_loss_weight = mtp_loss_weight
-        self.gamma, self.lam, self.clip_epsilon = gamma, lam, clip_epsilon
+        self.gamma, self.lam = gamma, lam
         self.level_weights = level_weights
         self.process_reward_weight = process_reward_weight
         self.value_coef = value_coef
