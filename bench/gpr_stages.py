@@ -80,6 +80,7 @@ def options(argv: list[str], quick: bool) -> argparse.Namespace:
     parser.add_argument("--mtp-epochs", type=int, default=2 if quick else 10)
     parser.add_argument("--vaft-epochs", type=int, default=1 if quick else 2)
     parser.add_argument("--hepo-epochs", type=int, default=1 if quick else 2)
+    parser.add_argument("--ppo-epochs", type=int, default=2, help="HEPO's PPO passes over each rollout")
     parser.add_argument("--sasrec-epochs", type=int, default=2 if quick else 10)
     parser.add_argument("--value-weight", type=float, default=0.5)
     parser.add_argument("--requests-per-window", type=int, default=4)
@@ -154,7 +155,7 @@ def stage_bench(args: argparse.Namespace, workdir: Path) -> None:
         budget=(
             f"MTP {args.mtp_epochs} epochs, then VAFT {args.vaft_epochs} and HEPO {args.hepo_epochs} epochs "
             f"from the previous stage's selected checkpoint ({args.requests_per_window} requests per "
-            "window); "
+            f"window; HEPO: {args.ppo_epochs} PPO epochs over each batch's rollout); "
             f"SASRec {args.sasrec_epochs} epochs; d {args.hidden_size}, batch 64"
         ),
         selection="per stage, the epoch with the best validation ecpm@10 (MTP and SASRec: ndcg@10)",
@@ -180,7 +181,7 @@ def stage_bench(args: argparse.Namespace, workdir: Path) -> None:
         quantizer = SemanticIdQuantizer(codebook_size=args.codebook_size)
         return GPR(decoder=decoder, quantizer=quantizer, stage=stage, pretrained=pretrained,
                    quantizer_steps=args.quantizer_steps, value_weight=value_weight,
-                   requests_per_window=args.requests_per_window,
+                   requests_per_window=args.requests_per_window, ppo_epochs=args.ppo_epochs,
                    learning_rate=2e-3 if stage == "mtp" else 5e-4, ks=(10,))  # fmt: skip
 
     @cache

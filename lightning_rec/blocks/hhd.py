@@ -333,8 +333,10 @@ class HeterogeneousHierarchicalDecoder(HubMixin, nn.Module):
         self.thinking = ThinkingTokenEncoder(self.hsd, num_thinking_tokens)  # type: ignore[arg-type]
         self.diffusion = diffusion
         self.heads = MultiTokenPredictionHeads(hidden_size, num_prediction_heads, prediction_weights)
-        self.level_updates = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in level_sizes)
-        self.level_norms = nn.ModuleList(nn.LayerNorm(hidden_size) for _ in level_sizes)
+        # One state update per code fed back into the path: the last level's code ends it, so L - 1 (an
+        # L-th update would never be used, and DDP rejects parameters that get no gradient).
+        self.level_updates = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in level_sizes[:-1])
+        self.level_norms = nn.ModuleList(nn.LayerNorm(hidden_size) for _ in level_sizes[:-1])
         self.value_heads = nn.ModuleList(
             nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, 1))
             for _ in level_sizes

@@ -22,16 +22,23 @@ eCPM = pCTR x bid (``value_event="impression"``) or eCPM / pCTR = bid (``"click"
 1 over the batch's ad samples; organic samples keep weight 1 (they have no bid). (The paper's
 conversion event needs a pCVR, which the synthetic catalogue has not.)
 
-``stage="hepo"`` (Hierarchy Enhanced Policy Optimization), one step on a batch of windows:
+``stage="hepo"`` (Hierarchy Enhanced Policy Optimization): one batch of windows is one PPO rollout,
+optimised by hand (``automatic_optimization`` is off in this stage; the pattern of
+:mod:`lightning_rec.objectives.rollout`):
 
 1. Ad requests: each window's history, E = "ad request", the allow-list = ad items.
-2. K candidates per request sampled level by level from the policy, constrained by the trie.
+2. Rollout, under ``no_grad`` and without dropout: K candidates per request sampled level by level
+   from the policy, constrained by the trie; their per-level log-probs and HTE values are stored.
 3. Rewards: the simulator's expected eCPM of each candidate (scaled by the mean ad bid) at the last
-   level, process rewards (popularity of each code among the request's history) at the coarse ones.
-4. :func:`~lightning_rec.objectives.hepo_loss` (GAE, last-level z-score, per-level PPO clip, critic
-   on the HTE value heads), plus ``mtp_loss_weight`` times VAFT's value-weighted loss (kept, so the
-   policy keeps modelling the data as the stage it starts from did; an unweighted MTP loss would
-   pull it back towards MTP).
+   level, process rewards (popularity of each code among the request's history) at the coarse ones;
+   :func:`~lightning_rec.objectives.hepo_rollout` turns them, with the stored values, into the
+   advantages (GAE, last-level z-score) and the critic's targets, once per batch.
+4. ``ppo_epochs`` passes of ``num_minibatches`` updates (:func:`~lightning_rec.objectives.ppo_update`):
+   the per-level PPO clip against the stored log-probs (the ratio is 1 at the first update only, and
+   the clip engages from the second on), the critic loss on the HTE value heads, and, the first time
+   a window's requests are updated, ``mtp_loss_weight`` times VAFT's value-weighted loss on that
+   window (kept, so the policy keeps modelling the data as the stage it starts from did; an
+   unweighted MTP loss would pull it back towards MTP). ``global_step`` counts the updates.
 
 The simulator (**ours**, as the paper's data is industrial): on the synthetic catalogue, pCTR is the
 catalogue's ground-truth ``click_probability`` of the user's active intent, and an ad's bid is its
@@ -51,7 +58,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -65,7 +73,7 @@ from torchmetrics import MeanMetric
 
 from lightning_rec.blocks.hhd import ENVIRONMENT, ITEM, ORGANIC, PAD, USER, HeterogeneousHierarchicalDecoder
 from lightning_rec.blocks.semantic_id import SemanticIdQuantizer, SemanticIdTrie
-from lightning_rec.data.batches import EvalBatch, TrainBatch
+from lightning_rec.data.batches import EvalBatch, PredictBatch, TrainBatch
 from lightning_rec.data.item_embeddings import item_text_embeddings
 from lightning_rec.data.synthetic import SyntheticReviews
 from lightning_rec.datamodules.sequential import SequentialRecDataModule
@@ -80,7 +88,9 @@ from lightning_rec.modules.sgrec import (
     item_bids,
     window_users,
 )
-from lightning_rec.objectives.hepo import hepo_loss, process_rewards
+from lightning_rec.objectives import PPOConfig
+from lightning_rec.objectives.hepo import HEPORollout, critic_loss, hepo_rollout, process_rewards
+from lightning_rec.objectives.rollout import PolicyEvaluation, ppo_update
 
 __all__ = ["GPR", "ad_items"]
 
@@ -147,6 +157,9 @@ class GPR(RankingModule):
         mtp_loss_weight: weight of the (value-weighted) MTP loss kept in the HEPO stage.
         gamma, lam, clip_epsilon, level_weights, process_reward_weight, value_coef: HEPO's
             (see :func:`~lightning_rec.objectives.hepo_loss`; process_reward_weight is alpha_l).
+        ppo_epochs: HEPO's PPO passes over each batch's rollout (the paper publishes none; ours: 2).
+            Above 1 the ratio to the stored log-probs leaves 1 and the clip engages.
+        num_minibatches: HEPO's updates per pass (the batch's requests split at random).
         beam_size: beams of constrained beam search at evaluation and prediction.
         value_weight: weight of the HTE value in value-guided beam pruning of ad requests (0: none).
         slate_size: ads per request for ``ecpm@K``.
@@ -179,6 +192,8 @@ class GPR(RankingModule):
         level_weights: Sequence[float] | None = None,
         process_reward_weight: float = 0.1,
         value_coef: float = 0.5,
+        ppo_epochs: int = 2,
+        num_minibatches: int = 1,
         beam_size: int = 20,
         value_weight: float = 0.0,
         slate_size: int = 10,
@@ -224,10 +239,18 @@ class GPR(RankingModule):
         self.requests_per_window = requests_per_window
         self.num_candidates = num_candidates
         self.mtp_loss_weight = mtp_loss_weight
-        self.gamma, self.lam, self.clip_epsilon = gamma, lam, clip_epsilon
+        self.gamma, self.lam = gamma, lam
         self.level_weights = level_weights
         self.process_reward_weight = process_reward_weight
         self.value_coef = value_coef
+        self.ppo = PPOConfig(
+            ppo_epochs=ppo_epochs, num_minibatches=num_minibatches, clip_epsilon=clip_epsilon
+        )
+        # HEPO takes ppo_epochs * num_minibatches optimiser steps per batch (objectives/rollout.py).
+        self.automatic_optimization = stage != "hepo"
+        # The HTE critic trains in HEPO only: frozen before, it is no parameter without a gradient
+        # (which DDP rejects), and MTP / VAFT leave it as it was anyway.
+        self.decoder.value_heads.requires_grad_(stage == "hepo")
         self.beam_size = beam_size
         self.value_weight = value_weight
         self.slate_size = slate_size
@@ -316,6 +339,9 @@ class GPR(RankingModule):
         elif self.vocab["item_ids"] != data.item_ids:
             raise ValueError("the checkpoint's semantic ids belong to another item numbering than the data's")
         self.attach_catalogue(self.vocab)
+        # The tokenizer is fixed once the semantic ids are assigned (set-up runs before DDP wraps the
+        # module, which must not see parameters that never get a gradient).
+        self.quantizer.requires_grad_(False)
         bids = item_bids([None if np.isnan(p) else float(p) for p in data.item_price])
         self._bids = torch.where(self._is_ad, bids, torch.zeros_like(bids))
         if isinstance(datamodule.source, SyntheticReviews):
@@ -391,20 +417,29 @@ class GPR(RankingModule):
         return Requests(*self.request_tokens(history, environment), history=history, targets=targets)
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor | None:
+        if self.stage == "hepo":
+            logs = self.hepo_update(batch, self.hepo_rollout(batch), self._optimizer_step)
+            self.log_dict(logs, batch_size=len(batch))
+            return None
         # 1-2. Requests cut from the windows, with the next N items as the heads' targets.
         requests = self.sample_requests(batch)
-        # 3. MTP (weighted by value from VAFT on).
-        weights = self.value_weights(batch, requests) if self.stage in ("vaft", "hepo") else None
+        # 3. MTP (weighted by value in VAFT).
+        weights = self.value_weights(batch, requests) if self.stage == "vaft" else None
         loss, logs = self.mtp_loss(requests, weights)
-        if self.stage == "hepo":
-            # HEPO on ad requests, the MTP loss kept as a regulariser.
-            hepo, diagnostics = self.hepo_step(batch)
-            loss = self.mtp_loss_weight * loss + hepo
-            logs |= {f"train/hepo_{name}": value for name, value in diagnostics.items()}
         self.log_dict(logs, batch_size=len(batch))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
+
+    def _optimizer_step(self, loss: Tensor) -> None:
+        """One manual optimiser step (and a scheduler's, which Lightning leaves to manual optimisation)."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
 
     def mtp_loss(
         self, requests: Requests, value_weights: Tensor | None = None
@@ -453,13 +488,13 @@ class GPR(RankingModule):
             weights[is_ad] = ad_value / ad_value.mean().clamp(min=1e-12)
         return weights
 
-    def hepo_step(self, batch: TrainBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """One HEPO update on the windows' ad requests (see the module docstring)."""
+    def hepo_rollout(self, batch: TrainBatch) -> HEPORollout:
+        """Steps 1-3 (module docstring): K candidates per ad request of the windows, sampled and scored
+        under ``no_grad`` without dropout, with their stored log-probs, values, advantages and returns."""
         history, window_targets = batch.input_ids, batch.target_ids[:, -1]
-        tokens = self.request_tokens(history, AD_REQUEST)
-        intent = self.decoder.intents(*tokens)[0][:, 0]  # (b d), the next-item head
-        # 2. K candidates per request, sampled level by level within the ad allow-list.
-        with torch.no_grad():
+        with torch.no_grad(), self._policy_eval():
+            intent = self.ad_intents(history)  # (b d)
+            # 2. K candidates per request, sampled level by level within the ad allow-list.
             codes, rows = self._trie.sample(
                 self._step_function(intent),
                 batch_size=len(batch),
@@ -467,34 +502,84 @@ class GPR(RankingModule):
                 allowed_items=self._ad_allow_list(len(batch), intent.device),
                 device=intent.device,
             )
-        items = rows + 1  # (b k)
-        log_probs, values = self.decoder.path_log_probs(
-            repeat(intent, "b d -> (b k) d", k=self.num_candidates), rearrange(codes, "b k l -> (b k) l")
-        )
-        log_probs = rearrange(log_probs, "(b k) l -> b k l", k=self.num_candidates)
-        values = rearrange(values, "(b k) l -> b k l", k=self.num_candidates)
-        # 3. Rewards: expected eCPM at the last level, code popularity in the history at the coarse ones.
-        with torch.no_grad():
-            final = self.simulator.expected_reward(self._request_users(batch), window_targets, items)
+            log_probs, values = self.candidate_log_probs(intent, codes)
+            # 3. Rewards: expected eCPM at the last level, code popularity in the history at the coarse ones.
+            final = self.simulator.expected_reward(self._request_users(batch), window_targets, rows + 1)
             final = final / self._bids[self._is_ad].mean().clamp(min=1e-12)
             level_rewards = torch.zeros_like(log_probs)
             num_code_levels = self.quantizer.num_levels
             level_rewards[..., :num_code_levels] = process_rewards(
                 codes[..., :num_code_levels], self.code_popularity(history), self.process_reward_weight
             )
-        # 4. HEPO (one update per sample batch: the old log-probs are the current ones, detached).
-        return hepo_loss(
-            log_probs,
-            log_probs.detach(),
-            values,
-            level_rewards,
-            final,
-            level_weights=self.level_weights,
-            gamma=self.gamma,
-            lam=self.lam,
-            clip_epsilon=self.clip_epsilon,
-            value_coef=self.value_coef,
+        return hepo_rollout(
+            codes, log_probs, values, level_rewards, final, self.level_weights, gamma=self.gamma, lam=self.lam
         )
+
+    def hepo_update(
+        self, batch: TrainBatch, rollout: HEPORollout, step: Callable[[Tensor], None]
+    ) -> dict[str, Tensor]:
+        """Step 4: ``ppo_epochs`` passes of clipped updates on a rollout of ``batch``'s ad requests;
+        ``step`` takes each update's loss and makes the optimiser step. Returns the diagnostics to log."""
+        history = batch.input_ids
+        mtp_done = torch.zeros(len(batch), dtype=torch.bool)
+        critic_losses: list[Tensor] = []
+        logs: dict[str, Tensor] = {}
+
+        def evaluate(groups: Tensor) -> PolicyEvaluation:
+            rows = groups.to(history.device)
+            selected = rollout.select(rows)
+            # The policy (and its critic) without dropout, as at sampling: the first ratio is exactly 1.
+            with self._policy_eval():
+                log_probs, values = self.candidate_log_probs(self.ad_intents(history[rows]), selected.codes)
+            critic = critic_loss(values, selected.returns)
+            critic_losses.append(critic.detach())
+            auxiliary = self.value_coef * critic
+            fresh = groups[~mtp_done[groups]]
+            mtp_done[fresh] = True
+            if len(fresh) > 0 and self.mtp_loss_weight > 0:
+                # VAFT's loss on the windows seen for the first time: once per batch, as in VAFT.
+                index = fresh.to(history.device)
+                windows = TrainBatch(history[index], batch.target_ids[index])
+                requests = self.sample_requests(windows)
+                mtp, parts = self.mtp_loss(requests, self.value_weights(windows, requests))
+                auxiliary = auxiliary + self.mtp_loss_weight * mtp * (len(fresh) / len(batch))
+                logs.update(parts)
+            return PolicyEvaluation(log_probs, auxiliary_loss=auxiliary)
+
+        diagnostics = ppo_update(rollout, rollout.advantages, evaluate, step, self.ppo)
+        diagnostics |= {
+            "critic_loss": torch.stack(critic_losses).mean(),
+            "reward_mean": rollout.final_rewards.float().mean(),
+            "return_mean": rollout.returns[..., 0].float().mean(),
+        }
+        logs |= {f"train/hepo_{name}": value for name, value in diagnostics.items()}
+        logs["train/loss"] = diagnostics["loss"] + diagnostics["auxiliary_loss"]
+        return logs
+
+    def ad_intents(self, history: Tensor) -> Tensor:
+        """Histories `b n` -> the next-item head's intents `b d` of ad requests."""
+        return self.decoder.intents(*self.request_tokens(history, AD_REQUEST))[0][:, 0]
+
+    def candidate_log_probs(self, intent: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """Intents `b d`, candidate paths `b k l` -> per-level log pi(z_l | s, z_<l) and values V `b k l`."""
+        k = codes.shape[1]
+        log_probs, values = self.decoder.path_log_probs(
+            repeat(intent, "b d -> (b k) d", k=k), rearrange(codes, "b k l -> (b k) l")
+        )
+        split = {"pattern": "(b k) l -> b k l", "k": k}
+        return rearrange(log_probs, **split), rearrange(values, **split)
+
+    @contextmanager
+    def _policy_eval(self) -> Iterator[None]:
+        """The decoder in eval mode (no dropout in the policy's probabilities), each submodule's mode
+        restored after."""
+        modes = [(module, module.training) for module in self.decoder.modules()]
+        self.decoder.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
 
     def code_popularity(self, history: Tensor) -> Tensor:
         """History `b n` -> P_l `b l c`: each request's distribution of codes at the L code levels."""
@@ -549,17 +634,29 @@ class GPR(RankingModule):
         return value
 
     @torch.no_grad()
-    def recommend(self, history: Tensor, k: int, ads_only: bool = False) -> tuple[Tensor, Tensor]:
-        """Constrained beam search: histories `b n` -> item indices `b k` (0 where fewer exist) and
-        their summed log-probs `b k`. ``ads_only``: an ad request (ads allow-list, value-guided)."""
+    def recommend(
+        self, history: Tensor, k: int, ads_only: bool = False, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Constrained beam search: histories `b n` -> item indices `b k` (0 where fewer exist, with
+        log-prob -inf) and their summed log-probs `b k`. ``ads_only``: an ad request (ads allow-list,
+        value-guided). ``exclude`` `b h`: items (0-padded) never recommended, e.g. the seen ones. The
+        beam is ``max(beam_size, k)`` wide."""
         tokens = self.request_tokens(history, AD_REQUEST if ads_only else NEXT_ITEM_REQUEST)
         intent = self.decoder.intents(*tokens)[0][:, 0]
         guided = ads_only and self.value_weight > 0
+        allowed = self._ad_allow_list(history.shape[0], history.device) if ads_only else None
+        if exclude is not None:
+            # Column 0 of the scatter is padding; trie row r is item r + 1.
+            kept = torch.ones(
+                history.shape[0], len(self._item_codes), dtype=torch.bool, device=history.device
+            )
+            kept = kept.scatter(1, exclude, False)[:, 1:]
+            allowed = kept if allowed is None else allowed & kept
         result = self._trie.beam_search(
             self._step_function(intent),
             batch_size=history.shape[0],
-            beam_size=self.beam_size,
-            allowed_items=self._ad_allow_list(history.shape[0], history.device) if ads_only else None,
+            beam_size=max(self.beam_size, k),
+            allowed_items=allowed,
             value_fn=self._value_function(intent) if guided else None,
             value_weight=self.value_weight,
             device=history.device,
@@ -602,8 +699,21 @@ class GPR(RankingModule):
         super().on_test_epoch_end()
         self.test_results |= value
 
-    def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Tensor]:
-        items, scores = self.recommend(batch.input_ids, k=max(self.hparams.ks))
+    #: what ``predict_step`` returns: the top ``prediction_k`` (``None``: the largest metric cut-off)
+    #: items of constrained beam search, seen ones excluded unless ``prediction_exclude_history`` is
+    #: False. Inference settings, not hyperparameters: :class:`~lightning_rec.callbacks.RecommendationWriter`
+    #: sets them from its own and writes the items' raw ids.
+    prediction_k: int | None = None
+    prediction_exclude_history: bool = True
+
+    def predict_step(self, batch: PredictBatch | EvalBatch, batch_idx: int) -> dict[str, Tensor]:
+        """``user_index (b)``, item indices ``items (b k)`` (0 where fewer exist) and their summed
+        log-probs ``scores (b k)`` (-inf there)."""
+        items, scores = self.recommend(
+            batch.input_ids,
+            k=self.prediction_k or max(self.hparams.ks),
+            exclude=batch.history if self.prediction_exclude_history else None,
+        )
         return {"user_index": batch.user_index, "items": items, "scores": scores}
 
     def configure_optimizers(self):

@@ -10,14 +10,23 @@
   next-item losses whose memory does not grow with the catalogue (exact chunked CE; sampled softmax
   with logQ correction; gSASRec's gBCE; SASRec's BCE).
 - :func:`hepo_loss`, :func:`hepo_advantages`, :func:`process_rewards`, :func:`generalized_advantages`:
-  GPR's HEPO over semantic-ID levels (process rewards, GAE, last-level z-score, per-level PPO clip, critic).
+  GPR's HEPO over semantic-ID levels (process rewards, GAE, last-level z-score, per-level PPO clip, critic);
+  :func:`hepo_rollout` / :class:`HEPORollout` and :func:`critic_loss` run it through :func:`ppo_update`.
 - :mod:`~lightning_rec.objectives.rollout`: categorical and diffusion rollouts and :func:`ppo_update`,
   which runs ``ppo_epochs`` passes over minibatches of one rollout (how modules drive it: its docstring).
 """
 
 from lightning_rec.objectives.a2po import a2po_advantages, a2po_loss, anchor_weights
 from lightning_rec.objectives.grpo import group_advantages, grpo_loss
-from lightning_rec.objectives.hepo import generalized_advantages, hepo_advantages, hepo_loss, process_rewards
+from lightning_rec.objectives.hepo import (
+    HEPORollout,
+    critic_loss,
+    generalized_advantages,
+    hepo_advantages,
+    hepo_loss,
+    hepo_rollout,
+    process_rewards,
+)
 from lightning_rec.objectives.item_losses import (
     bce_loss,
     chunked_cross_entropy,
@@ -44,6 +53,7 @@ from lightning_rec.objectives.rollout import (
 __all__ = [
     "CategoricalRollout",
     "DiffusionRollout",
+    "HEPORollout",
     "PPOConfig",
     "PolicyEvaluation",
     "Rollout",
@@ -54,6 +64,7 @@ __all__ = [
     "categorical_log_probs",
     "categorical_rollout",
     "chunked_cross_entropy",
+    "critic_loss",
     "diffusion_log_probs",
     "diffusion_rollout",
     "frozen_copy",
@@ -64,6 +75,7 @@ __all__ = [
     "grpo_loss",
     "hepo_advantages",
     "hepo_loss",
+    "hepo_rollout",
     "kl_estimate",
     "log_expected_candidate_count",
     "minibatch_groups",

@@ -23,6 +23,14 @@ state is (user, codes so far), the action the next code. HEPO gives
 Defaults gamma 0.99, lambda 0.95, eps 0.2, c_l = (l + 1) / L, alpha_l = 0.1 are ours: the paper
 publishes none.
 
+Two ways in: :func:`hepo_loss` is the loss of one update on one batch of samples (given their old
+log-probs); :func:`hepo_rollout` stores what several PPO epochs over one batch of samples need, for the
+RL core's :func:`~lightning_rec.objectives.rollout.ppo_update` (groups = requests, samples = the K
+candidates, steps = the L levels), with :func:`critic_loss` as the update's auxiliary loss. Both give
+the same loss: ``ppo_update`` averages each candidate's per-level clipped terms over the L levels
+(``"sequence_mean"``), so the rollout stores c_l * L * A_l as the per-step advantages, and
+-min(rho c A, clip(rho) c A) = c * -min(rho A, clip(rho) A) for c >= 0 (the clip is unchanged).
+
 Axis legend:
     b  requests       k  candidates (generated items) per request
     l  code levels    c  codes per level
@@ -31,6 +39,7 @@ Axis legend:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange, reduce
@@ -38,8 +47,17 @@ from torch import Tensor
 
 from lightning_rec.objectives.grpo import group_advantages
 from lightning_rec.objectives.ppo import ppo_loss
+from lightning_rec.objectives.rollout import Rollout
 
-__all__ = ["generalized_advantages", "hepo_advantages", "hepo_loss", "process_rewards"]
+__all__ = [
+    "HEPORollout",
+    "critic_loss",
+    "generalized_advantages",
+    "hepo_advantages",
+    "hepo_loss",
+    "hepo_rollout",
+    "process_rewards",
+]
 
 
 def process_rewards(codes: Tensor, code_popularity: Tensor, alpha: float | Sequence[float] = 0.1) -> Tensor:
@@ -184,12 +202,7 @@ def hepo_loss(
     ):
         if tuple(tensor.shape) != shape:
             raise ValueError(f"{name} must have the shape of log_probs {shape}, got {tuple(tensor.shape)}")
-    levels = shape[2]
-    weights = (
-        [(level + 1) / levels for level in range(levels)] if level_weights is None else list(level_weights)
-    )
-    if len(weights) != levels:
-        raise ValueError(f"level_weights must have one weight per level ({levels}), got {len(weights)}")
+    weights = _level_weights(level_weights, shape[2])
     advantages, returns = hepo_advantages(
         level_rewards, final_rewards, values if old_values is None else old_values, gamma, lam
     )
@@ -206,17 +219,104 @@ def hepo_loss(
         diagnostics[f"policy_loss_{level + 1}"] = level_diagnostics["loss"]
         diagnostics[f"clip_fraction_{level + 1}"] = level_diagnostics["clip_fraction"]
         diagnostics[f"advantage_mean_{level + 1}"] = level_diagnostics["advantage_mean"]
-    critic_loss = reduce((values.float() - returns.float()).pow(2), "b k l -> l", "mean").sum()
-    loss = policy_loss + value_coef * critic_loss
+    critic = critic_loss(values, returns)
+    loss = policy_loss + value_coef * critic
     with torch.no_grad():
         diagnostics |= {
             "policy_loss": policy_loss.detach(),
-            "critic_loss": critic_loss.detach(),
+            "critic_loss": critic.detach(),
             "reward_mean": final_rewards.float().mean(),
             "return_mean": returns[..., 0].float().mean(),
             "loss": loss.detach(),
         }
     return loss, diagnostics
+
+
+def critic_loss(values: Tensor, returns: Tensor) -> Tensor:
+    """HEPO's critic loss sum_l mean (V_l - G_l)^2: values `b k l` (with gradient), returns `b k l` (targets,
+    detached here) -> a scalar (fp32 or wider)."""
+    if values.shape != returns.shape:
+        raise ValueError(
+            f"values and returns must have the same shape (b k l), got {tuple(values.shape)} and "
+            f"{tuple(returns.shape)}"
+        )
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    return reduce((values.to(dtype) - returns.detach().to(dtype)).pow(2), "b k l -> l", "mean").sum()
+
+
+@dataclass(kw_only=True)
+class HEPORollout(Rollout):
+    """K sampled code paths per request and what HEPO's PPO epochs need; `b` groups (requests), `k`
+    samples (candidates), `l` steps (code levels); ``old_log_probs`` and ``mask`` are `b k l`.
+
+    Attributes:
+        codes: `b k l` long, the candidates' codes.
+        advantages: `b k l` c_l * L * A_l, the per-step advantages for ``ppo_update`` (module docstring).
+        returns: `b k l` the critic's targets (lambda-returns; R at the last level).
+        final_rewards: `b k` R of each candidate.
+    """
+
+    codes: Tensor
+    advantages: Tensor
+    returns: Tensor
+    final_rewards: Tensor
+
+
+def hepo_rollout(
+    codes: Tensor,
+    old_log_probs: Tensor,
+    old_values: Tensor,
+    level_rewards: Tensor,
+    final_rewards: Tensor,
+    level_weights: Sequence[float] | None = None,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+) -> HEPORollout:
+    """Store a batch of sampled paths for ``ppo_update``: advantages and returns are computed once, from
+    the critic at sampling time, and stay constants of every PPO epoch.
+
+    Args:
+        codes: `b k l` the candidates' codes.
+        old_log_probs: `b k l` log pi_old(z_l | s, z_<l) at sampling time.
+        old_values: `b k l` the critic's V(s, z_<l) at sampling time.
+        level_rewards, final_rewards: `b k l` and `b k`, as :func:`hepo_advantages`.
+        level_weights: c_l per level (default (l + 1) / L), each >= 0.
+        gamma, lam: GAE's discount and lambda.
+
+    Returns:
+        The rollout, its advantages scaled by c_l * L (so ``ppo_update``'s per-candidate mean over the
+        levels is :func:`hepo_loss`'s sum_l c_l PPO-clip_l) and an all-True mask.
+    """
+    if codes.shape != old_log_probs.shape:
+        raise ValueError(
+            f"codes must have the shape of old_log_probs {tuple(old_log_probs.shape)}, "
+            f"got {tuple(codes.shape)}"
+        )
+    levels = old_log_probs.shape[-1]
+    weights = _level_weights(level_weights, levels)
+    advantages, returns = hepo_advantages(level_rewards, final_rewards, old_values, gamma, lam)
+    scale = torch.tensor(weights, dtype=advantages.dtype, device=advantages.device) * levels
+    return HEPORollout(
+        old_log_probs=old_log_probs.detach(),
+        mask=torch.ones_like(old_log_probs, dtype=torch.bool),
+        codes=codes,
+        advantages=advantages * scale,
+        returns=returns,
+        final_rewards=final_rewards.detach(),
+    )
+
+
+def _level_weights(level_weights: Sequence[float] | None, levels: int) -> list[float]:
+    """c_l: the given weights (one per level, each >= 0) or the default (l + 1) / L."""
+    if level_weights is None:
+        return [(level + 1) / levels for level in range(levels)]
+    weights = [float(weight) for weight in level_weights]
+    if len(weights) != levels:
+        raise ValueError(f"level_weights must have one weight per level ({levels}), got {len(weights)}")
+    if min(weights) < 0:
+        # A negative c_l would flip which side of the clip is the pessimistic one.
+        raise ValueError(f"level_weights must be >= 0, got {weights}")
+    return weights
 
 
 def _per_level(name: str, value: float | Sequence[float], levels: int, like: Tensor) -> Tensor:

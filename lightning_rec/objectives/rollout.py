@@ -11,7 +11,7 @@ ratio to the stored log-probs leaves 1 and the clip engages.
 Two policies of the zoo are covered here:
 
 - :func:`categorical_rollout` / :func:`categorical_log_probs`: a softmax over a catalogue or a
-  vocabulary, one action per sample (S-GRec's generator; GPR and Reasoning to Rank). s = 1.
+  vocabulary, one action per sample (S-GRec's generator; Reasoning to Rank). s = 1.
 - :func:`diffusion_rollout` / :func:`diffusion_log_probs`: DDIM trajectories of a
   :class:`~lightning_rec.blocks.DiffusionHead` with eta > 0 (DiffuReason). Each stochastic reverse
   transition x_{t_i} -> x_{t_{i+1}} is a step whose Gaussian log-density is its log-prob (DDPO, arXiv
@@ -19,7 +19,8 @@ Two policies of the zoo are covered here:
   (``mask`` False), so it counts neither in the per-step mean nor in the clip fraction.
 
 Any other policy (an autoregressive LM, a Gaussian) builds a :class:`Rollout` itself: `b g s` old
-log-probs, mask and optional reference log-probs.
+log-probs, mask and optional reference log-probs. GPR's semantic-ID paths, one step per code level, are
+:class:`~lightning_rec.objectives.HEPORollout` (:func:`~lightning_rec.objectives.hepo_rollout`).
 
 **How a LightningModule drives the epochs: manual optimisation.** The module sets
 ``self.automatic_optimization = False`` for its RL stage, and one ``training_step`` does the whole

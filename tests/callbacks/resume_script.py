@@ -1,4 +1,5 @@
-"""Train a tiny SASRec or DiffuReason for a number of epochs, resuming from a checkpoint if given.
+"""Train a tiny SASRec, DiffuReason or GPR (its HEPO stage) for a number of epochs, resuming from a
+checkpoint if given.
 
 Usage: python resume_script.py <cache_dir> <out_dir> <devices> <method>:<epochs>[:<ckpt_path>] ...
 (``devices`` 2: ``strategy="ddp"`` on 2 CPU processes.)
@@ -14,12 +15,12 @@ import lightning as L
 import torch
 from safetensors.torch import save_file
 
-from lightning_rec.blocks import DiffusionHead
+from lightning_rec.blocks import DiffusionHead, HeterogeneousHierarchicalDecoder, SemanticIdQuantizer
 from lightning_rec.blocks import SASRec as SASRecEncoder
 from lightning_rec.callbacks import ExactResume
 from lightning_rec.data.synthetic import SyntheticReviews
 from lightning_rec.datamodules import SequentialRecDataModule
-from lightning_rec.modules import DiffuReason, SASRec
+from lightning_rec.modules import GPR, DiffuReason, SASRec
 
 
 def train(
@@ -31,6 +32,14 @@ def train(
     encoder = SASRecEncoder(num_items=data.num_items, hidden_size=8, max_len=8, dropout=0.3)
     if method == "sasrec":
         model = SASRec(encoder=encoder, ks=(5,))
+    elif method == "gpr":  # HEPO: sampled candidates, PPO epochs over minibatches, manual optimisation
+        decoder = HeterogeneousHierarchicalDecoder(
+            level_sizes=(8, 8, 8), hidden_size=8, max_len=10, num_prediction_heads=2, dropout=0.3
+        )
+        quantizer = SemanticIdQuantizer(num_levels=2, codebook_size=8, method="rq_kmeans")
+        model = GPR(decoder=decoder, quantizer=quantizer, stage="hepo", embedding_cache_dir=cache_dir,
+                    num_candidates=3, ppo_epochs=2, num_minibatches=2, beam_size=5, slate_size=5,
+                    ks=(5,))  # fmt: skip
     else:  # every stochastic part: thinking tokens, diffusion noise, GRPO's sampled groups
         head = DiffusionHead(hidden_size=8, num_steps=4, sampling_steps=2)
         model = DiffuReason(encoder=encoder, diffusion=head, grpo_warmup_steps=0, group_size=3, ks=(5,))

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from resume_script import train
 
 SCRIPT = Path(__file__).parent / "resume_script.py"
-METHODS = ("sasrec", "diffureason")
+METHODS = ("sasrec", "diffureason", "gpr")
 
 
 @pytest.fixture

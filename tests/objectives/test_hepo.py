@@ -3,7 +3,16 @@
 import pytest
 import torch
 
-from lightning_rec.objectives.hepo import generalized_advantages, hepo_advantages, hepo_loss, process_rewards
+from lightning_rec.objectives import PPOConfig
+from lightning_rec.objectives.hepo import (
+    critic_loss,
+    generalized_advantages,
+    hepo_advantages,
+    hepo_loss,
+    hepo_rollout,
+    process_rewards,
+)
+from lightning_rec.objectives.rollout import PolicyEvaluation, ppo_update
 
 
 def test_gae_equals_a_hand_computation():
@@ -83,3 +92,49 @@ def test_hepo_loss_is_the_weighted_per_level_clipped_surrogate_plus_the_critic_l
     inside = (ratio > 0.8) & (ratio < 1.2)
     expected_grad = -(level_weights * advantages * ratio).detach() / (b * k)
     assert torch.allclose(log_probs.grad[inside], expected_grad[inside], atol=1e-6)
+
+
+def test_ppo_update_on_a_hepo_rollout_is_hepo_loss_with_its_gradient():
+    """The rollout's c_l * L advantages make ppo_update's loss (mean over levels) HEPO's sum_l c_l
+    PPO-clip_l, clipped steps included, and the critic rides as the auxiliary loss."""
+    generator = torch.Generator().manual_seed(4)
+    b, k, levels = 3, 4, 3
+    old_log_probs = -torch.rand(b, k, levels, generator=generator) * 3
+    log_probs = (old_log_probs + 0.4 * torch.randn(b, k, levels, generator=generator)).requires_grad_()
+    values = torch.randn(b, k, levels, generator=generator).requires_grad_()
+    level_rewards = torch.rand(b, k, levels, generator=generator)
+    final_rewards = torch.rand(b, k, generator=generator)
+    codes = torch.randint(0, 5, (b, k, levels), generator=generator)
+    weights = [0.2, 0.5, 1.5]
+    rollout = hepo_rollout(
+        codes, old_log_probs, values.detach(), level_rewards, final_rewards, weights, gamma=0.9, lam=0.8
+    )
+    losses = []
+
+    def evaluate(groups):
+        return PolicyEvaluation(
+            log_probs[groups], auxiliary_loss=0.5 * critic_loss(values[groups], rollout.returns[groups])
+        )
+
+    diagnostics = ppo_update(
+        rollout, rollout.advantages, evaluate, losses.append, PPOConfig(clip_epsilon=0.2)
+    )
+    expected, _ = hepo_loss(
+        log_probs,
+        old_log_probs,
+        values,
+        level_rewards,
+        final_rewards,
+        weights,
+        gamma=0.9,
+        lam=0.8,
+        value_coef=0.5,
+    )
+    assert diagnostics["clip_fraction"] > 0  # the clip is part of what is compared
+    assert losses[0].item() == pytest.approx(expected.item(), rel=1e-5)
+    grads = torch.autograd.grad(losses[0], (log_probs, values))
+    expected_grads = torch.autograd.grad(expected, (log_probs, values))
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="level_weights must be >= 0"):
+        hepo_rollout(codes, old_log_probs, values, level_rewards, final_rewards, [1.0, -1.0, 1.0])
