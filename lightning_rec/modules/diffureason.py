@@ -60,7 +60,7 @@ from lightning_rec.data.batches import TrainBatch
 from lightning_rec.hub.cards import render_model_card
 from lightning_rec.metrics.ranking import chunked_topk
 from lightning_rec.modules.rewards import ItemReward
-from lightning_rec.modules.sequential_recommender import LossName, SequentialRecommender
+from lightning_rec.modules.sequential_recommender import LossName, NegativeSampler, SequentialRecommender
 from lightning_rec.objectives import PPOConfig, group_advantages
 from lightning_rec.objectives.rollout import (
     PolicyEvaluation,
@@ -116,8 +116,9 @@ class DiffuReason(SequentialRecommender):
             taken when GRPO starts (0 disables the copy).
         ppo_epochs: PPO passes over each rollout; above 1 the ratio leaves 1 and the clip engages.
         num_minibatches: optimizer steps per pass (the batch's requests split at random).
-        loss, num_negatives, cloze_mask_prob, learning_rate, weight_decay, warmup_steps, ks,
-            mask_history, pretrained: as :class:`SequentialRecommender`.
+        loss, num_negatives, negative_sampler, gbce_calibration, loss_chunk_size, cloze_mask_prob,
+            learning_rate, weight_decay, warmup_steps, ks, mask_history, pretrained: as
+            :class:`SequentialRecommender` (every next-item loss of the module uses ``loss``).
     """
 
     def __init__(
@@ -147,6 +148,9 @@ class DiffuReason(SequentialRecommender):
         num_minibatches: int = 1,
         loss: LossName = "ce",
         num_negatives: int = 1,
+        negative_sampler: NegativeSampler = "uniform",
+        gbce_calibration: float = 0.75,
+        loss_chunk_size: int = 8192,
         cloze_mask_prob: float = 0.2,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
@@ -159,6 +163,9 @@ class DiffuReason(SequentialRecommender):
             encoder,
             loss=loss,
             num_negatives=num_negatives,
+            negative_sampler=negative_sampler,
+            gbce_calibration=gbce_calibration,
+            loss_chunk_size=loss_chunk_size,
             cloze_mask_prob=cloze_mask_prob,
             learning_rate=learning_rate,
             weight_decay=weight_decay,

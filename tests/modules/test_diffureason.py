@@ -85,6 +85,27 @@ def test_with_every_stage_off_it_is_the_backbone_exactly():
     torch.testing.assert_close(model(batch.input_ids), sasrec(batch.input_ids))
 
 
+def test_the_catalogue_scale_losses_reach_every_next_item_loss():
+    """Oracle: chunked CE is the full CE to rounding in the whole supervised loss (backbone and intent
+    terms); the sampled softmax is a different loss, so its value differs from both."""
+    torch.manual_seed(0)
+    full = _model(use_grpo=False)
+    chunked = _model(use_grpo=False, loss="ce_chunked", loss_chunk_size=7)
+    sampled = _model(use_grpo=False, loss="sampled_softmax", num_negatives=5, negative_sampler="popularity")
+    chunked.load_state_dict(full.state_dict())
+    sampled.load_state_dict(full.state_dict())
+    sampled.set_item_popularity(torch.ones(21))
+    batch = _batch(20)
+    torch.manual_seed(1)
+    expected = full.supervised_loss(batch)[0]
+    torch.manual_seed(1)
+    torch.testing.assert_close(chunked.supervised_loss(batch)[0], expected)
+    options = (sampled.loss_name, sampled.negative_sampler, chunked.loss_chunk_size)
+    assert options == ("sampled_softmax", "popularity", 7)
+    torch.manual_seed(1)
+    assert not torch.isclose(sampled.supervised_loss(batch)[0], expected)
+
+
 def test_thinking_only_scores_with_the_last_thought():
     torch.manual_seed(0)
     model = _model(use_diffusion=False, use_grpo=False).eval()
