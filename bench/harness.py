@@ -28,6 +28,11 @@ atomically after every (row, seed), with the command, the git commit, package ve
 machine. ``bench/report.py`` turns them into ``docs/benchmarks.md`` and the plots in ``docs/img/``.
 Hand-written commentary (what a figure shows and no longer shows) lives in
 ``bench/notes/<name>.md`` and is pasted under the bench's tables by the report.
+
+A bench too long for one sitting (RecBole's SASRec trains about 1.5 h per seed on 2 cores) can run
+its seeds in several runs, each with ``--first-seed``/``--seeds`` and its own ``--results-dir``, and be
+merged: ``python bench/harness.py merge bench/results/<name>.json run1/<name>.json run2/<name>.json``.
+Every row of a seed still runs in the same process, so each paired difference stays within one run.
 """
 
 from __future__ import annotations
@@ -51,7 +56,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 
-__all__ = ["Bench", "Trial", "paired_interval", "summarize", "t_quantile_975"]
+__all__ = [
+    "Bench",
+    "Trial",
+    "merge_results",
+    "paired_interval",
+    "summarize",
+    "summarize_result",
+    "t_quantile_975",
+]
 
 
 @dataclass
@@ -329,37 +342,7 @@ class Bench:
         }
 
     def _summarize(self, result: dict[str, Any]) -> None:
-        rows = result["rows"]
-        for row in rows.values():
-            runs = row["per_seed"]
-            if not runs:
-                continue
-            row["summary"] = {
-                part: {
-                    metric: summarize([_numeric(r[part])[metric] for r in runs])
-                    for metric in _numeric(runs[0][part])
-                    if all(metric in _numeric(r[part]) for r in runs)
-                }
-                for part in ("valid", "test", "extra")
-            }
-        base = self.baseline
-        if base is None or base not in rows:
-            return
-        base_runs = {r["seed"]: r for r in rows[base]["per_seed"]}
-        for name, row in rows.items():
-            if name == base:
-                continue
-            pairs = [(r, base_runs[r["seed"]]) for r in row["per_seed"] if r["seed"] in base_runs]
-            if len(pairs) < 2:
-                row["paired"] = {}
-                continue
-            row["paired"] = {
-                metric: paired_interval(
-                    [m["test"][metric] for m, _ in pairs], [b["test"][metric] for _, b in pairs]
-                )
-                for metric in pairs[0][0]["test"]
-                if all(metric in m["test"] and metric in b["test"] for m, b in pairs)
-            }
+        summarize_result(result)
 
     def _write(self, result: dict[str, Any]) -> None:
         from lightning_rec.atomic import atomic_path
@@ -383,6 +366,42 @@ class Bench:
         print(f"results: {self.path}")
 
 
+def summarize_result(result: dict[str, Any]) -> None:
+    """Fill each row's ``summary`` (mean and std per metric) and ``paired`` (differences to the
+    baseline row over the seeds both ran) in place."""
+    rows = result["rows"]
+    for row in rows.values():
+        runs = row["per_seed"]
+        if not runs:
+            continue
+        row["summary"] = {
+            part: {
+                metric: summarize([_numeric(r[part])[metric] for r in runs])
+                for metric in _numeric(runs[0][part])
+                if all(metric in _numeric(r[part]) for r in runs)
+            }
+            for part in ("valid", "test", "extra")
+        }
+    base = result["baseline"]
+    if base is None or base not in rows:
+        return
+    base_runs = {r["seed"]: r for r in rows[base]["per_seed"]}
+    for name, row in rows.items():
+        if name == base:
+            continue
+        pairs = [(r, base_runs[r["seed"]]) for r in row["per_seed"] if r["seed"] in base_runs]
+        if len(pairs) < 2:
+            row["paired"] = {}
+            continue
+        row["paired"] = {
+            metric: paired_interval(
+                [m["test"][metric] for m, _ in pairs], [b["test"][metric] for _, b in pairs]
+            )
+            for metric in pairs[0][0]["test"]
+            if all(metric in m["test"] and metric in b["test"] for m, b in pairs)
+        }
+
+
 def _jsonable(value: Any) -> Any:
     """JSON fallback for numpy and torch scalars and arrays that a trial may put in ``extra``."""
     if hasattr(value, "tolist"):
@@ -390,3 +409,78 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to the results JSON: {value!r}")
+
+
+_MUST_AGREE = ("name", "title", "protocol", "budget", "selection", "primary", "higher_is_better", "baseline",
+               "grid", "quick")  # fmt: skip
+
+
+def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Merge runs of one bench that ran different seeds (``--first-seed``) into one results file.
+
+    A seed's rows always run in the same process, so every paired difference still compares rows of
+    the same run; only different seeds may come from different runs (each run's command, commit and
+    machine are kept under ``merged_from``). Raises ``ValueError`` when the runs differ in anything
+    fixed before a run (protocol, budget, selection, grid, rows and their parameters) or share a seed.
+    """
+    if len(paths) < 2:
+        raise ValueError(f"merge needs at least two results files, got {len(paths)}")
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    first = runs[0]
+    for path, run in zip(paths[1:], runs[1:], strict=True):
+        for key in _MUST_AGREE:
+            if run.get(key) != first.get(key):
+                raise ValueError(
+                    f"{path}: {key!r} is {run.get(key)!r}, but {paths[0]} has {first.get(key)!r}"
+                )
+        params = {n: r["params"] for n, r in run["rows"].items()}
+        first_params = {n: r["params"] for n, r in first["rows"].items()}
+        if params != first_params:
+            raise ValueError(
+                f"{path}: rows and their parameters {params} differ from {paths[0]}'s {first_params}"
+            )
+    merged = {
+        key: first[key] for key in first if key not in ("rows", "seeds", "complete", "started", "finished")
+    }
+    merged["rows"] = {name: {"params": row["params"], "per_seed": []} for name, row in first["rows"].items()}
+    seen: dict[int, str] = {}
+    for path, run in zip(paths, runs, strict=True):
+        for seed in run["seeds"]:
+            if seed in seen:
+                raise ValueError(f"seed {seed} is in both {seen[seed]} and {path}")
+            seen[seed] = str(path)
+        for name, row in run["rows"].items():
+            merged["rows"][name]["per_seed"] += row["per_seed"]
+    for row in merged["rows"].values():
+        row["per_seed"].sort(key=lambda r: r["seed"])
+    merged["seeds"] = sorted(seen)
+    merged["complete"] = all(run.get("complete", False) for run in runs)
+    merged["merged_from"] = [
+        {
+            "path": str(p),
+            **{
+                k: run.get(k)
+                for k in ("command", "git_commit", "git_dirty", "started", "finished", "seeds", "machine")
+            },
+        }
+        for p, run in zip(paths, runs, strict=True)
+    ]
+    summarize_result(merged)
+    from lightning_rec.atomic import atomic_path
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(merged, indent=1, default=_jsonable) + "\n")
+    return merged
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Merge runs of one bench that ran different seeds.")
+    parser.add_argument("command", choices=["merge"])
+    parser.add_argument("out", type=Path, help="the merged results file, e.g. bench/results/<name>.json")
+    parser.add_argument(
+        "inputs", type=Path, nargs="+", help="results files of the runs (--results-dir of each)"
+    )
+    arguments = parser.parse_args()
+    merge_results(arguments.inputs, arguments.out)
+    print(f"merged {len(arguments.inputs)} runs into {arguments.out}")

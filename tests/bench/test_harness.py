@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from harness import Bench, Trial, paired_interval, t_quantile_975
+from harness import Bench, Trial, merge_results, paired_interval, t_quantile_975
 
 
 def test_t_quantile_matches_the_table() -> None:
@@ -99,3 +99,42 @@ def test_paired_interval_over_seeds_written_to_json(tmp_path: Path) -> None:
     sd = math.sqrt(((0.12 - 0.105) ** 2 + (0.09 - 0.105) ** 2) / 1)
     assert paired["mean"] == pytest.approx(sum(diffs) / 2)
     assert paired["high"] - paired["mean"] == pytest.approx(12.7062 * sd / math.sqrt(2), rel=1e-4)
+
+
+def _seeded_trial(row: str, params: dict, seed: int) -> Trial:
+    score = params["level"] + (0.01 * ((seed * 7919) % 13) if row == "method" else 0.002 * seed)
+    return Trial(valid={"score": score}, test=lambda: {"score": score + 0.001})
+
+
+def _seeded_run(directory: Path, first: int, count: int, budget: str = "one call") -> dict:
+    argv = ["--first-seed", str(first), "--seeds", str(count), "--results-dir", str(directory)]
+    bench = Bench(name="toy", title="toy", protocol="toy", budget=budget, selection="validation score",
+                  primary="score", baseline="base", argv=argv)  # fmt: skip
+    return bench.run(rows={"base": {"level": 0.1}, "method": {"level": 0.2}}, trial=_seeded_trial)
+
+
+def test_merging_runs_of_different_seeds_equals_one_run_of_all_of_them(tmp_path: Path) -> None:
+    whole = _seeded_run(tmp_path / "whole", 0, 4)
+    _seeded_run(tmp_path / "a", 0, 2)
+    _seeded_run(tmp_path / "b", 2, 2)
+    merged = merge_results([tmp_path / "b" / "toy.json", tmp_path / "a" / "toy.json"], tmp_path / "toy.json")
+    assert merged["seeds"] == [0, 1, 2, 3] and merged["complete"]
+    assert json.loads((tmp_path / "toy.json").read_text())["rows"] == merged["rows"]
+    for name in ("base", "method"):
+        summary = merged["rows"][name]["summary"]["test"]["score"]
+        assert summary == pytest.approx(whole["rows"][name]["summary"]["test"]["score"])
+    assert merged["rows"]["method"]["paired"]["score"] == pytest.approx(
+        whole["rows"]["method"]["paired"]["score"]
+    )
+    assert [run["seeds"] for run in merged["merged_from"]] == [[2, 3], [0, 1]]
+
+
+def test_merge_refuses_shared_seeds_and_different_budgets(tmp_path: Path) -> None:
+    _seeded_run(tmp_path / "a", 0, 2)
+    _seeded_run(tmp_path / "b", 1, 2)
+    _seeded_run(tmp_path / "c", 2, 2, budget="two calls")
+    with pytest.raises(ValueError, match="seed 1 is in both"):
+        merge_results([tmp_path / "a" / "toy.json", tmp_path / "b" / "toy.json"], tmp_path / "out.json")
+    with pytest.raises(ValueError, match="'budget' is 'two calls'"):
+        merge_results([tmp_path / "a" / "toy.json", tmp_path / "c" / "toy.json"], tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
