@@ -1,6 +1,6 @@
 """Baselines of the candidate-ranking protocol (1 positive + 19 sampled negatives) on the synthetic catalogue.
 
-    python bench/candidate_baselines.py              # 3 seeds; SASRec trains 6 epochs per seed
+    python bench/candidate_baselines.py              # 5 seeds; SASRec trains 6 epochs per seed
     python bench/candidate_baselines.py --quick      # a small catalogue, 1 epoch, 2 seeds (smoke run)
 
 Rows: Random (seeded uniform scores), MostPopular (training next-item counts) and a SASRec reranker
@@ -130,7 +130,7 @@ def main() -> None:
         selection="SASRec: the epoch with the best full-ranking validation NDCG@10",
         primary="hr_mean",
         baseline="Random",
-        seeds=3,
+        seeds=5,
     )
     quick = bench.quick
     epochs = 1 if quick else EPOCHS
@@ -190,7 +190,7 @@ def lm_zero_shot() -> None:
         selection="none (nothing is tuned)",
         primary="hr_mean",
         baseline="Random",
-        seeds=2,
+        seeds=5,
     )
     candidates = CandidateRankingDataModule(
         source=_source(False), max_len=50, history_titles=HISTORY_TITLES, eval_batch_size=20
