@@ -149,14 +149,19 @@ def class_path_of(cls: type) -> str:
 
 
 def register_trusted_class(
-    cls: type[nn.Module], init_args: Callable[[nn.Module], dict[str, Any]] | None = None
+    cls: type[nn.Module],
+    init_args: Callable[[nn.Module], dict[str, Any]] | None = None,
+    build: Callable[..., nn.Module] | None = None,
 ) -> type[nn.Module]:
     """Allow your own ``nn.Module`` class in saved and downloaded configs.
 
     ``init_args(module)`` returns the constructor arguments of an instance, read from its
     attributes (JSON values, or modules that are themselves saveable), so a block holding one saves;
-    building calls ``cls(**init_args)``. A :class:`~lightning_rec.hub.HubMixin` subclass records its
-    arguments itself and is allowed when defined: it needs no registration.
+    building calls ``build(**init_args)`` (default ``cls``), and a downloaded config may name only
+    ``build``'s arguments. Give a ``build`` that takes just what ``init_args`` writes when the class
+    has constructor arguments that read files or download (weights to load, a cache folder): a
+    downloaded config then cannot reach them. A :class:`~lightning_rec.hub.HubMixin` subclass records
+    its arguments itself and is allowed when defined: it needs no registration.
 
     Example::
 
@@ -171,7 +176,7 @@ def register_trusted_class(
             f"register_trusted_class({cls.__name__}) needs init_args: a function reading the constructor "
             "arguments back from an instance (or make the class a lightning_rec.hub.HubMixin subclass)"
         )
-    _REGISTERED[class_path_of(cls)] = TrustedLayer(cls, init_args)
+    _REGISTERED[class_path_of(cls)] = TrustedLayer(cls, init_args, build)
     return cls
 
 

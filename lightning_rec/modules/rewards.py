@@ -185,6 +185,16 @@ class JudgeReward(ItemReward):
         return self.judge(features, evidence)
 
 
+def _judge_reward_from_config(
+    judge: PersonalizedSemanticJudge,
+    evidence_backend: EvidenceBackend = "embedding",
+    evidence_model: str | None = None,
+) -> JudgeReward:
+    """A JudgeReward as a downloaded config may build it: no ``pretrained`` (a ``.ckpt`` to read or a
+    repo to fetch while loading) and no cache folder; the holder's safetensors hold the judge's weights."""
+    return JudgeReward(judge, None, evidence_backend, evidence_model)
+
+
 # A module holding a JudgeReward saves its config: the judge and the backend travel, not where the
 # weights came from (the holder's own weights hold the judge's) nor this machine's cache folder.
 register_trusted_class(
@@ -194,4 +204,5 @@ register_trusted_class(
         "evidence_backend": reward.evidence_backend,
         "evidence_model": reward.evidence_model,
     },
+    build=_judge_reward_from_config,
 )

@@ -347,3 +347,29 @@ def test_score_cache_round_trips(tmp_path):
     _cache_file(tmp_path)
     cache = ScoreCache(width=2, judge_version="v1", directory=tmp_path / "scores")
     assert len(cache) == 2 and ("u2", "b") in cache
+
+
+@pytest.mark.parametrize("argument", [{"pretrained": "attacker/judge"}, {"score_cache_dir": "/tmp/attacker"}])
+def test_a_judge_reward_in_a_downloaded_config_cannot_load_weights_or_name_a_cache(
+    argument, tmp_path, sealed
+):
+    """JudgeReward's own constructor reads a .ckpt or fetches a repo (``pretrained``) and names a cache
+    folder; a downloaded config builds it through a function that takes neither."""
+    from lightning_rec.blocks import DiffusionHead, PersonalizedSemanticJudge
+    from lightning_rec.modules import DiffuReason, JudgeReward
+
+    model = DiffuReason(
+        encoder=SASRecEncoder(num_items=20, hidden_size=16, max_len=8),
+        diffusion=DiffusionHead(hidden_size=16, num_steps=8, sampling_steps=4),
+        group_size=2,
+        reward_model=JudgeReward(judge=PersonalizedSemanticJudge(user_dim=8, hidden_size=16)),
+    )
+    model.save_pretrained(tmp_path / "repo")
+    DiffuReason.from_pretrained(tmp_path / "repo")  # the saved config itself loads
+    _edit_config(
+        tmp_path / "repo", lambda config: config["init_args"]["reward_model"]["init_args"].update(argument)
+    )
+    sealed.start()
+    with pytest.raises(ValueError, match=rf"takes no arguments \['{next(iter(argument))}'\]"):
+        DiffuReason.from_pretrained(tmp_path / "repo")
+    sealed.assert_untouched()
