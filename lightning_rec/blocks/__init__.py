@@ -1,6 +1,7 @@
 """Layer 1: reusable nn.Modules. No Lightning, no I/O, no data formats."""
 
 from lightning_rec.blocks.diffusion import DiffusionHead, DiffusionSample
+from lightning_rec.blocks.heads import ScoreHead, last_token_positions
 from lightning_rec.blocks.hhd import (
     HeterogeneousHierarchicalDecoder,
     HeterogeneousSequenceDecoder,
@@ -61,6 +62,7 @@ __all__ = [
     "RandomExpandedAnalyticRouter",
     "SASRec",
     "SMoALinear",
+    "ScoreHead",
     "SemanticIdQuantizer",
     "SemanticIdReport",
     "SemanticIdTrie",
@@ -72,6 +74,7 @@ __all__ = [
     "as_sequence_encoder",
     "block_partition",
     "inject_smoa",
+    "last_token_positions",
     "load_smoa",
     "save_smoa",
     "set_smoa_adapter",
