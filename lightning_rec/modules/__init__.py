@@ -6,6 +6,7 @@ from lightning_rec.modules.diffureason import DiffuReason
 from lightning_rec.modules.flyprompt import FlyPrompt
 from lightning_rec.modules.gpr import GPR
 from lightning_rec.modules.most_popular import MostPopular
+from lightning_rec.modules.r2rank import ReasoningToRank
 from lightning_rec.modules.ranking_module import RankingModule
 from lightning_rec.modules.sasrec import SASRec
 from lightning_rec.modules.sequential_recommender import SequentialRecommender
@@ -19,6 +20,7 @@ __all__ = [
     "FlyPrompt",
     "MostPopular",
     "RankingModule",
+    "ReasoningToRank",
     "SASRec",
     "SGRec",
     "SequentialRecommender",
