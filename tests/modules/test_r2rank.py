@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from lightning_rec.agents import HFCausalLM
 from lightning_rec.data import DataFormatError
@@ -39,7 +42,7 @@ def tokenizer(source):
     return train_bpe_tokenizer(render_catalogue_corpus(source.catalogue, max_history=3).train, vocab_size=400)
 
 
-def tiny_llm(tokenizer, seed: int = 0) -> HFCausalLM:
+def tiny_llm(tokenizer, seed: int = 0, adapter: str | None = None) -> HFCausalLM:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model(
@@ -48,7 +51,8 @@ def tiny_llm(tokenizer, seed: int = 0) -> HFCausalLM:
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
     torch.manual_seed(seed)
-    return HFCausalLM(AutoModelForCausalLM.from_config(config), tokenizer=tokenizer, batch_size=64)
+    model = AutoModelForCausalLM.from_config(config)
+    return HFCausalLM(model, tokenizer=tokenizer, batch_size=64, adapter=adapter, r=2, num_blocks=2)
 
 
 def lists(source, **options) -> CandidateRankingDataModule:
@@ -156,6 +160,16 @@ def test_teacher_forced_log_probs_match_the_sampled_ones(source, tokenizer):
     assert scores.shape == (len(batch) * CANDIDATES,)
 
 
+@pytest.mark.parametrize("adapter", ["smoa", "lora"])
+def test_adapters_train_only_their_factors_and_the_head(source, tokenizer, adapter):
+    model = ReasoningToRank(tiny_llm(tokenizer, adapter=adapter), max_rationale_tokens=4, learning_rate=1e-2)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    fit(model, lists(source), steps=2)
+    changed = {name for name, value in model.state_dict().items() if not torch.equal(value, before[name])}
+    factors = {name for name in changed if "lora_" in name}
+    assert factors and changed == factors | {"score_head.linear.weight", "score_head.linear.bias"}
+
+
 def test_rl_without_reasoning_generates_nothing_and_zscore_credit_runs(source, tokenizer):
     data = lists(source, teacher_rationales=None)
     plain = ReasoningToRank(tiny_llm(tokenizer), stage="rl", reasoning=False, head_learning_rate=1e-2)
@@ -230,3 +244,65 @@ def test_bad_teacher_files_name_the_file_line_and_field(source, tokenizer, tmp_p
         lists(source, teacher_rationales=str(twice)).training_rationales()
     with pytest.raises(ValueError, match="needs teacher rationales"):
         fit(ReasoningToRank(tiny_llm(tokenizer), stage="sft"), lists(source, teacher_rationales=None), 1)
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "r2rank"
+
+
+def test_shipped_configs_run_sft_then_rl_through_the_cli(
+    tokenizer, source, tmp_path, monkeypatch, data_cache
+):
+    """configs/r2rank/catalogue-lm.yaml, then the RL overlay, on a tiny LM folder and a small catalogue."""
+    from lightning_rec.cli import run_cli
+
+    folder = tmp_path / "lm"
+    llm = tiny_llm(tokenizer)
+    llm.model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTNING_REC_CACHE", data_cache)
+    monkeypatch.setattr("sys.argv", ["lightning-rec"])
+    small = [
+        "--model.init_args.llm.init_args.model", str(folder),
+        "--model.init_args.max_rationale_tokens", "4",
+        "--data.init_args.source.init_args.num_users", "150",
+        "--data.init_args.source.init_args.num_items", "80",
+        "--data.init_args.source.init_args.num_categories", "5",
+        "--data.init_args.num_candidates", str(CANDIDATES),
+        "--data.init_args.history_titles", "3",
+        "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    sft = run_cli(["fit", "--config", str(CONFIGS / "catalogue-lm.yaml"), *small])
+    assert isinstance(sft.model.llm, HFCausalLM) and "val/ndcg@10" in sft.trainer.callback_metrics
+    export = tmp_path / "outputs" / "r2rank-catalogue-lm" / "sft"
+    assert (export / "r2rank.safetensors").is_file()
+
+    rl_config = [
+        "--config",
+        str(CONFIGS / "catalogue-lm.yaml"),
+        "--config",
+        str(CONFIGS / "catalogue-lm-rl.yaml"),
+    ]
+    rl = run_cli(["fit", *rl_config, *small])
+    assert rl.model.stage == "rl" and "train/ppo_kl" in rl.trainer.callback_metrics
+    # RL started from the SFT export: its frozen reference holds the SFT weights.
+    exported = ReasoningToRank(tiny_llm(tokenizer, seed=1), init_from=str(export)).llm.model.state_dict()
+    reference = rl.model._reference.state_dict()
+    assert all(torch.equal(reference[name], value) for name, value in exported.items())
+
+
+def test_the_qwen_config_is_the_catalogue_config_on_another_llm():
+    """The documented real run (needs network, never run here) keeps the data, protocol and stages."""
+    catalogue = yaml.safe_load((CONFIGS / "catalogue-lm.yaml").read_text())
+    qwen = yaml.safe_load((CONFIGS / "qwen2.5-0.5b.yaml").read_text())
+    assert qwen["data"] == catalogue["data"]
+    assert qwen["model"]["class_path"] == catalogue["model"]["class_path"]
+    assert qwen["model"]["init_args"]["llm"]["init_args"]["model"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    for stage in ("", "-rl"):
+        name = f"qwen2.5-0.5b{stage}.yaml"
+        assert set(yaml.safe_load((CONFIGS / name).read_text())["model"]["init_args"]) <= set(
+            inspect.signature(ReasoningToRank).parameters
+        ), name
+    rl = yaml.safe_load((CONFIGS / "qwen2.5-0.5b-rl.yaml").read_text())["model"]["init_args"]
+    assert rl["stage"] == "rl" and rl["init_from"] == qwen["model"]["init_args"]["export_dir"]
