@@ -50,7 +50,7 @@ SFT_STEPS = 12  # x 4 users = 48 training lists
 RL_STEPS = 6  # x 4 users = 24 training lists
 VALID_QUERIES = 16
 TEST_QUERIES = 80
-SASREC_EPOCHS = 2
+SASREC_EPOCHS = 3
 QUICK = {"sft_steps": 2, "rl_steps": 1, "valid": 4, "test": 8, "sasrec_epochs": 1}
 
 
