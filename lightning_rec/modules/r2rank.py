@@ -50,6 +50,7 @@ r sequences (``b c`` or ``b g c``), p prompt tokens, s rationale tokens, d hidde
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -57,7 +58,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
-from huggingface_hub import ModelCard
+from huggingface_hub import HfApi, ModelCard, snapshot_download
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -95,8 +96,8 @@ class ReasoningToRank(L.LightningModule):
         reasoning: generate a rationale before scoring (False: score from the prompt alone).
         score_head: the head (default: a zero-initialised :class:`~lightning_rec.blocks.ScoreHead` on
             the LLM's hidden size).
-        init_from: a folder written by :meth:`save_pretrained` (the SFT stage's ``export_dir``): its
-            LLM and head weights are loaded (strict) before training.
+        init_from: a folder or Hub repo written by :meth:`save_pretrained` / :meth:`push_to_hub` (the SFT
+            stage's ``export_dir``): its LLM and head weights are loaded (strict) before training.
         max_rationale_tokens: rationale length cap (generation also stops at end-of-text).
         temperature: sampling temperature of RL rollouts (evaluation is greedy).
         rationale_samples: G, rationales per (user, candidate) in RL (``credit="zscore"`` needs 2+).
@@ -415,12 +416,18 @@ class ReasoningToRank(L.LightningModule):
         )
 
     # ------------------------------------------------------------------------ hub
-    def load_weights(self, directory: str | Path) -> None:
-        """Load the LLM and head weights of a :meth:`save_pretrained` folder (strict: a missing or
-        unexpected key is an error naming it)."""
-        path = Path(directory) / WEIGHTS_FILE
+    def load_weights(self, source: str | Path) -> None:
+        """Load the LLM and head weights of a :meth:`save_pretrained` folder or Hub repo (safetensors only;
+        strict: a missing or unexpected key is an error naming it)."""
+        directory = Path(source)
+        if not directory.is_dir():
+            # Only the weights file: nothing else of a downloaded repo is read.
+            directory = Path(snapshot_download(str(source), allow_patterns=[WEIGHTS_FILE]))
+        path = directory / WEIGHTS_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}; init_from takes a folder of save_pretrained")
+            raise FileNotFoundError(
+                f"{path}: no {WEIGHTS_FILE}; init_from takes a folder or Hub repo written by save_pretrained"
+            )
         state = load_file(path)
         modules = nn.ModuleDict({"llm": self.llm, "score_head": self.score_head})
         missing, unexpected = modules.load_state_dict(state, strict=False)
@@ -459,3 +466,14 @@ class ReasoningToRank(L.LightningModule):
         self.llm.tokenizer.save_pretrained(directory)
         self.generate_model_card(repo_id).save(directory / "README.md")
         return directory
+
+    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool = False) -> str:
+        """Create ``repo_id`` if needed and upload :meth:`save_pretrained`'s folder as one commit."""
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, repo_id=repo_id)
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message="Reasoning to Rank"
+            )
+        return commit.commit_url

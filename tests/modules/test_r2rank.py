@@ -170,6 +170,15 @@ def test_adapters_train_only_their_factors_and_the_head(source, tokenizer, adapt
     assert factors and changed == factors | {"score_head.linear.weight", "score_head.linear.bias"}
 
 
+def test_push_to_hub_then_init_from_the_repo(source, tokenizer, local_hub):
+    model = ReasoningToRank(tiny_llm(tokenizer), max_rationale_tokens=3)
+    torch.nn.init.normal_(model.score_head.linear.weight)
+    model.push_to_hub("org/r2rank-tiny", token="test-token")
+    pulled = ReasoningToRank(tiny_llm(tokenizer, seed=1), init_from="org/r2rank-tiny", max_rationale_tokens=3)
+    batch = next(iter(lists(source)._candidates("train")))
+    torch.testing.assert_close(pulled.score(batch)[0], model.score(batch)[0])
+
+
 def test_rl_without_reasoning_generates_nothing_and_zscore_credit_runs(source, tokenizer):
     data = lists(source, teacher_rationales=None)
     plain = ReasoningToRank(tiny_llm(tokenizer), stage="rl", reasoning=False, head_learning_rate=1e-2)
