@@ -76,8 +76,8 @@ def main() -> None:
         f"ranks its held-out item among {CANDIDATES - 1} uniform negatives (candidate_seed 0); the first "
         f"{TEST_QUERIES} test users; HR@1/3/5, their mean, NDCG@10 (ties against the positive); prompts: "
         f"the {HISTORY_TITLES} most recent titles and one candidate; greedy rationales at evaluation",
-        budget=f"LM rows: SFT {SFT_STEPS} steps x {USERS_PER_STEP} users (lr 1e-3, head 1e-2), RL "
-        f"{RL_STEPS} steps x {USERS_PER_STEP} users (lr 2e-4, head 1e-2, KL 0.05, 16 PL rankings, 1 PPO "
+        budget=f"LM rows: SFT {SFT_STEPS} steps x {USERS_PER_STEP} users (lr 1e-3, head 3e-3), RL "
+        f"{RL_STEPS} steps x {USERS_PER_STEP} users (lr 2e-4, head 3e-3, KL 0.05, 16 PL rankings, 1 PPO "
         f"pass), rationales <= 28 tokens; SASRec: {SASREC_EPOCHS} epochs of configs/sasrec/synthetic.yaml's "
         "model; MostPopular: none",
         selection=f"none for the LM rows (fixed budget, last step; validation NDCG@10 on {VALID_QUERIES} "
@@ -113,7 +113,7 @@ def main() -> None:
         llm = HFCausalLM(str(lm), batch_size=USERS_PER_STEP * CANDIDATES, seed=seed)
         model = ReasoningToRank(
             llm, stage="sft", reasoning=reasoning, max_rationale_tokens=28, learning_rate=1e-3,
-            head_learning_rate=1e-2,
+            head_learning_rate=3e-3,
         )  # fmt: skip
         fit(model, sft_steps)
         return model
@@ -124,7 +124,7 @@ def main() -> None:
         model = ReasoningToRank(
             copy.deepcopy(start.llm), stage="rl", reasoning=start.reasoning,
             score_head=copy.deepcopy(start.score_head),
-            max_rationale_tokens=28, learning_rate=2e-4, head_learning_rate=1e-2, kl_coef=0.05,
+            max_rationale_tokens=28, learning_rate=2e-4, head_learning_rate=3e-3, kl_coef=0.05,
             ranking_samples=16,
         )  # fmt: skip
         fit(model, rl_steps)
