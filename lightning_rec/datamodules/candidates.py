@@ -40,10 +40,10 @@ from lightning_rec.data.catalogue_corpus import candidate_rationale
 from lightning_rec.data.records import InteractionSource
 from lightning_rec.data.sequences import SplitName, TieBreak
 from lightning_rec.data.synthetic import SyntheticCatalogue
-from lightning_rec.data.text_records import read_text_records
+from lightning_rec.data.text_records import read_rationales
 from lightning_rec.datamodules.sequential import SequentialRecDataModule
 
-__all__ = ["CandidateBatch", "CandidateRankingDataModule", "NegativeSampling", "TrainOn", "read_rationales"]
+__all__ = ["CandidateBatch", "CandidateRankingDataModule", "NegativeSampling", "TrainOn"]
 
 NegativeSampling = Literal["uniform", "popularity"]
 TrainOn = Literal["windows", "candidate_lists"]
@@ -314,18 +314,3 @@ class CandidateRankingDataModule(SequentialRecDataModule):
 
     def test_dataloader(self) -> DataLoader[CandidateBatch]:
         return self._candidates("test")
-
-
-def read_rationales(path: str) -> dict[tuple[str, str], str]:
-    """``{(user_id, item_id): rationale}`` from a JSON-lines (or CSV/TSV) file with those three fields.
-
-    Every field must be a non-empty string; a malformed line raises
-    :class:`~lightning_rec.data.DataFormatError` naming the file, the line and the field, and a pair
-    given twice raises ``ValueError`` naming it.
-    """
-    rationales: dict[tuple[str, str], str] = {}
-    for user_id, item_id, rationale in read_text_records(path, ("user_id", "item_id", "rationale")):
-        if (user_id, item_id) in rationales:
-            raise ValueError(f"{path}: user_id {user_id!r}, item_id {item_id!r} has two rationales")
-        rationales[(user_id, item_id)] = rationale
-    return rationales
