@@ -1,6 +1,7 @@
 """Layer 1: reusable nn.Modules. No Lightning, no I/O, no data formats."""
 
 from lightning_rec.blocks.diffusion import DiffusionHead, DiffusionSample
+from lightning_rec.blocks.heads import ScoreHead, last_token_positions
 from lightning_rec.blocks.hhd import (
     HeterogeneousHierarchicalDecoder,
     HeterogeneousSequenceDecoder,
@@ -62,6 +63,7 @@ __all__ = [
     "RandomExpandedAnalyticRouter",
     "SASRec",
     "SMoALinear",
+    "ScoreHead",
     "SemanticIdQuantizer",
     "SemanticIdReport",
     "SemanticIdTrie",
@@ -74,6 +76,7 @@ __all__ = [
     "block_partition",
     "history_contexts",
     "inject_smoa",
+    "last_token_positions",
     "load_smoa",
     "save_smoa",
     "set_smoa_adapter",

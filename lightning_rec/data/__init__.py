@@ -43,7 +43,12 @@ from lightning_rec.data.streams import (
 )
 from lightning_rec.data.synthetic import SyntheticCatalogue, SyntheticReviews
 from lightning_rec.data.text_files import default_cache_dir, fingerprint_files, numbered_lines, open_text
-from lightning_rec.data.text_records import SyntheticTitleCategories, read_text_records, text_record_format
+from lightning_rec.data.text_records import (
+    SyntheticTitleCategories,
+    read_rationales,
+    read_text_records,
+    text_record_format,
+)
 
 __all__ = [
     "AmazonReviews",
@@ -82,6 +87,7 @@ __all__ = [
     "open_text",
     "parse_id",
     "parse_number",
+    "read_rationales",
     "read_records",
     "read_text_records",
     "recbole_example_dir",

@@ -44,10 +44,13 @@ __all__ = [
     "PAD_TOKEN",
     "CatalogueCorpus",
     "CausalLMBatch",
+    "candidate_rationale",
     "collate_blocks",
     "history_prompt",
+    "intent_summary",
     "next_title",
     "pack_token_blocks",
+    "rationale_prompt",
     "render_catalogue_corpus",
     "train_bpe_tokenizer",
 ]
@@ -134,15 +137,45 @@ def _history_documents(
 def _history_document(
     catalogue: SyntheticCatalogue, history: list[int], target: int, intent: np.ndarray
 ) -> str:
-    category = int(np.argmax(catalogue.category_centroids @ intent))
-    in_category = [item for item in history if catalogue.item_category[item] == category] or history
-    # Counter.most_common keeps first-seen order among ties, so the rule is deterministic.
-    colour = Counter(int(catalogue.item_colour[item]) for item in in_category).most_common(1)[0][0]
+    category, colour = intent_summary(catalogue, history, intent)
     title = catalogue.item_title(target)
     return (
         f"{history_prompt([catalogue.item_title(item) for item in history])}{next_title(title)}\n"
-        f"Why: recently into {catalogue.category_name(category)}, likes {_COLOURS[colour]}; {title} fits."
+        f"Why: recently into {category}, likes {colour}; {title} fits."
     )
+
+
+def intent_summary(
+    catalogue: SyntheticCatalogue, history: Sequence[int], intent: np.ndarray
+) -> tuple[str, str]:
+    """The ground truth a rationale states: the name of the category whose centroid is closest to
+    ``intent`` (largest inner product), and the most frequent colour among the ``history``'s items (0-based
+    catalogue indices) of that category (of the whole history when it has none)."""
+    category = int(np.argmax(catalogue.category_centroids @ intent))
+    in_category = [item for item in history if catalogue.item_category[item] == category] or list(history)
+    # Counter.most_common keeps first-seen order among ties, so the rule is deterministic.
+    colour = Counter(int(catalogue.item_colour[item]) for item in in_category).most_common(1)[0][0]
+    return catalogue.category_name(category), _COLOURS[colour]
+
+
+def candidate_rationale(
+    catalogue: SyntheticCatalogue, history: Sequence[int], intent: np.ndarray, candidate: int
+) -> str:
+    """The catalogue's teacher rationale for one (user, candidate) pair, the continuation of
+    :func:`rationale_prompt`: ``" recently into <category>, likes <colour>; <title> fits."`` (the
+    corpus's rationale) when the candidate is of the intent's category, ``"... <title> does not fit."``
+    otherwise. A user-item judgement that follows from the stated intent (Reasoning to Rank's
+    per-candidate reasoning), not from knowing which candidate was chosen."""
+    category, colour = intent_summary(catalogue, history, intent)
+    fits = catalogue.category_name(int(catalogue.item_category[candidate])) == category
+    title = catalogue.item_title(candidate)
+    return f" recently into {category}, likes {colour}; {title} {'fits' if fits else 'does not fit'}."
+
+
+def rationale_prompt(history_titles: Sequence[str], candidate_title: str) -> str:
+    """``"History: ...\nNext: <candidate>.\nWhy:"``: the corpus format up to a rationale about one
+    candidate (:func:`candidate_rationale` continues it)."""
+    return f"{history_prompt(history_titles)}{next_title(candidate_title)}\nWhy:"
 
 
 def history_prompt(titles: Sequence[str]) -> str:

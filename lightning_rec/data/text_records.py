@@ -1,10 +1,12 @@
 """Text-task files: one record per JSON line or CSV/TSV row, with named fields (layer 1: no Lightning).
 
-Two adapters and the continual-learning streams train on text records:
+Two adapters, the continual-learning streams and Reasoning to Rank's SFT train on text records:
 
 - classification: ``{"text": "...", "label": "..."}`` (:func:`read_text_records` with
   ``fields=("text", "label")``);
-- instruction tuning: ``{"prompt": "...", "response": "..."}`` (``fields=("prompt", "response")``).
+- instruction tuning: ``{"prompt": "...", "response": "..."}`` (``fields=("prompt", "response")``);
+- teacher rationales (Reasoning to Rank): ``{"user_id": "...", "item_id": "...", "rationale": "..."}``
+  (:func:`read_rationales`).
 
 The field names are arguments, so a user's own file with other column names needs no conversion.
 JSON lines (``.jsonl``, ``.json``, gzip or plain) and CSV/TSV with a header (``.csv``, ``.tsv``) are
@@ -33,7 +35,7 @@ from lightning_rec.data.records import (
 from lightning_rec.data.synthetic import SyntheticCatalogue
 from lightning_rec.data.text_files import default_cache_dir, fingerprint_files, numbered_lines, open_text
 
-__all__ = ["SyntheticTitleCategories", "read_text_records", "text_record_format"]
+__all__ = ["SyntheticTitleCategories", "read_rationales", "read_text_records", "text_record_format"]
 
 
 def text_record_format(path: str | Path) -> str:
@@ -70,6 +72,21 @@ def read_text_records(
         return tuple(_text_field(row, field, path, number) for field in fields)
 
     yield from read_records(path, rows, parse, on_bad_line, reports if reports is not None else [])
+
+
+def read_rationales(path: str | Path) -> dict[tuple[str, str], str]:
+    """``{(user_id, item_id): rationale}`` from a JSON-lines (or CSV/TSV) file with those three fields.
+
+    Every field must be a non-empty string; a malformed line raises
+    :class:`~lightning_rec.data.DataFormatError` naming the file, the line and the field, and a pair
+    given twice raises ``ValueError`` naming it.
+    """
+    rationales: dict[tuple[str, str], str] = {}
+    for user_id, item_id, rationale in read_text_records(path, ("user_id", "item_id", "rationale")):
+        if (user_id, item_id) in rationales:
+            raise ValueError(f"{path}: user_id {user_id!r}, item_id {item_id!r} has two rationales")
+        rationales[(user_id, item_id)] = rationale
+    return rationales
 
 
 def _json_rows(path: str | Path) -> Iterator[tuple[int, dict]]:

@@ -13,7 +13,15 @@ list is drawn from its own generator, seeded by ``(candidate_seed, split, query)
 depend on batching, workers or the order of evaluation. The positive's position is uniform, so a
 ranker with a position bias (LLMs prefer the first options) gains nothing from it.
 
-Training is unchanged: the sequential windows of the parent, for ID-based rerankers (SASRec).
+Training is the parent's sequential windows (for ID-based rerankers: SASRec) by default. With
+``train_on="candidate_lists"`` (LLM rankers trained on lists: Reasoning to Rank) a training batch is
+a :class:`CandidateBatch` too: one query per user whose last training interaction is the positive
+(its earlier interactions the history), with negatives drawn as above (split ``"train"``), never a
+validation or test item. ``teacher_rationales`` then attaches one teacher rationale per candidate:
+``"catalogue"`` for the synthetic catalogue's ground-truth rationales
+(:func:`~lightning_rec.data.catalogue_corpus.candidate_rationale`, from the intent that generated the
+positive), or a JSON-lines file of ``{"user_id", "item_id", "rationale"}`` records (raw ids) that
+covers every training list (``candidate_lists("train")`` gives them).
 
 Axes: b batch, n max_len, c candidates, q queries.
 """
@@ -28,14 +36,18 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_rec.data.catalogue_corpus import candidate_rationale
 from lightning_rec.data.records import InteractionSource
 from lightning_rec.data.sequences import SplitName, TieBreak
+from lightning_rec.data.synthetic import SyntheticCatalogue
+from lightning_rec.data.text_records import read_rationales
 from lightning_rec.datamodules.sequential import SequentialRecDataModule
 
-__all__ = ["CandidateBatch", "CandidateRankingDataModule", "NegativeSampling"]
+__all__ = ["CandidateBatch", "CandidateRankingDataModule", "NegativeSampling", "TrainOn"]
 
 NegativeSampling = Literal["uniform", "popularity"]
-_SPLIT_CODES = {"valid": 1, "test": 2}
+TrainOn = Literal["windows", "candidate_lists"]
+_SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 
 
 @dataclass
@@ -49,6 +61,8 @@ class CandidateBatch:
         user_index: ``(b)`` the user of each query.
         history_titles: ``b`` lists of the most recent history titles, oldest first.
         candidate_titles: ``b`` lists of ``c`` titles, aligned with ``candidates``.
+        rationales: ``b`` lists of ``c`` teacher rationales, aligned with ``candidates`` (training
+            lists with ``teacher_rationales`` set), else None.
     """
 
     input_ids: Tensor
@@ -57,6 +71,7 @@ class CandidateBatch:
     user_index: Tensor
     history_titles: list[list[str]]
     candidate_titles: list[list[str]]
+    rationales: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -65,35 +80,36 @@ class CandidateBatch:
 class _CandidateQueries(Dataset):
     def __init__(self, module: CandidateRankingDataModule, split: str) -> None:
         data = module.data
-        self.positions = data.valid_positions if split == "valid" else data.test_positions
-        self.users = data.query_users_valid if split == "valid" else data.query_users_test
+        self.positions, self.users = module.query_positions(split)
         self.candidates, self.positive_index = module.candidate_lists(split)
         self.items, self.offsets, self.titles = data.items, data.offsets, data.item_title
         self.max_len, self.history_titles = module.max_len, module.history_titles
+        self.rationales = module.training_rationales() if split == "train" else None
 
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
         user = int(self.users[index])
         history = self.items[self.offsets[user] : self.positions[index]]
-        return history, self.candidates[index], int(self.positive_index[index]), user
+        return history, self.candidates[index], int(self.positive_index[index]), user, index
 
-    def collate(self, rows: list[tuple[np.ndarray, np.ndarray, int, int]]) -> CandidateBatch:
+    def collate(self, rows: list[tuple[np.ndarray, np.ndarray, int, int, int]]) -> CandidateBatch:
         input_ids = torch.zeros(len(rows), self.max_len, dtype=torch.long)
-        for row, (history, _, _, _) in enumerate(rows):
+        for row, (history, *_) in enumerate(rows):
             recent = history[-self.max_len :]
             if len(recent):
                 input_ids[row, self.max_len - len(recent) :] = torch.from_numpy(recent)
         return CandidateBatch(
             input_ids=input_ids,
-            candidates=torch.from_numpy(np.stack([candidates for _, candidates, _, _ in rows])),
-            positive_index=torch.tensor([positive for _, _, positive, _ in rows], dtype=torch.long),
-            user_index=torch.tensor([user for _, _, _, user in rows], dtype=torch.long),
+            candidates=torch.from_numpy(np.stack([candidates for _, candidates, *_ in rows])),
+            positive_index=torch.tensor([positive for _, _, positive, *_ in rows], dtype=torch.long),
+            user_index=torch.tensor([user for *_, user, _ in rows], dtype=torch.long),
             history_titles=[
-                [self.titles[item] for item in history[-self.history_titles :]] for history, _, _, _ in rows
+                [self.titles[item] for item in history[-self.history_titles :]] for history, *_ in rows
             ],
-            candidate_titles=[[self.titles[item] for item in candidates] for _, candidates, _, _ in rows],
+            candidate_titles=[[self.titles[item] for item in candidates] for _, candidates, *_ in rows],
+            rationales=None if self.rationales is None else [self.rationales[index] for *_, index in rows],
         )
 
 
@@ -109,6 +125,10 @@ class CandidateRankingDataModule(SequentialRecDataModule):
         negatives: ``"uniform"`` or ``"popularity"`` (proportional to training next-item counts).
         history_titles: the most recent titles of the history given as text.
         candidate_seed: seed of the negatives and of the positive's position.
+        train_on: ``"windows"`` (the parent's training batches) or ``"candidate_lists"`` (one
+            :class:`CandidateBatch` query per user, ``batch_size`` queries per batch, shuffled).
+        teacher_rationales: ``"catalogue"`` (the synthetic source's ground-truth rationales) or a
+            JSON-lines file, attached to the training lists; None for none.
     """
 
     def __init__(
@@ -129,6 +149,8 @@ class CandidateRankingDataModule(SequentialRecDataModule):
         negatives: NegativeSampling = "uniform",
         history_titles: int = 20,
         candidate_seed: int = 0,
+        train_on: TrainOn = "windows",
+        teacher_rationales: str | None = None,
     ) -> None:
         super().__init__(
             source=source,
@@ -151,22 +173,40 @@ class CandidateRankingDataModule(SequentialRecDataModule):
         if history_titles < 1:
             raise ValueError(f"history_titles must be >= 1, got {history_titles}")
         self.num_candidates, self.negatives = num_candidates, negatives
+        if train_on not in ("windows", "candidate_lists"):
+            raise ValueError(f"train_on must be 'windows' or 'candidate_lists', got {train_on!r}")
+        if teacher_rationales is not None and train_on != "candidate_lists":
+            raise ValueError("teacher_rationales annotate training lists: set train_on='candidate_lists'")
         self.history_titles, self.candidate_seed = history_titles, candidate_seed
+        self.train_on, self.teacher_rationales = train_on, teacher_rationales
         self._lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._rationales: list[list[str]] | None = None
+
+    def query_positions(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``positions (q)`` flat positions of the held-out items and ``users (q)`` of a split's queries;
+        ``"train"``: each user's last training interaction, for users with an earlier one."""
+        data = self.data
+        if split == "train":
+            users = np.flatnonzero(data.train_end - data.offsets[:-1] >= 2)
+            return data.train_end[users] - 1, users
+        if split == "valid":
+            return data.valid_positions, data.query_users_valid
+        if split == "test":
+            return data.test_positions, data.query_users_test
+        raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
 
     def candidate_lists(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """``candidates (q c)`` item indices and ``positive_index (q)`` of every ``"valid"`` or
-        ``"test"`` query (computed once, then kept)."""
+        """``candidates (q c)`` item indices and ``positive_index (q)`` of every ``"train"``, ``"valid"``
+        or ``"test"`` query (computed once, then kept)."""
         if split not in _SPLIT_CODES:
-            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+            raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
         if split not in self._lists:
             self._lists[split] = self._draw(split)
         return self._lists[split]
 
     def _draw(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         data = self.data
-        positions = data.valid_positions if split == "valid" else data.test_positions
-        users = data.query_users_valid if split == "valid" else data.query_users_test
+        positions, users = self.query_positions(split)
         weights = self.item_popularity().numpy().astype(np.float64)
         if self.negatives == "uniform":
             weights = np.ones(data.num_items + 1)
@@ -190,15 +230,84 @@ class CandidateRankingDataModule(SequentialRecDataModule):
             positive_index[query] = slot
         return candidates, positive_index
 
+    def training_rationales(self) -> list[list[str]] | None:
+        """One teacher rationale per candidate of each training list (``(q c)`` nested lists), from
+        ``teacher_rationales``; None when it is None."""
+        if self.teacher_rationales is None:
+            return None
+        if self._rationales is None:
+            if self.teacher_rationales == "catalogue":
+                self._rationales = self._catalogue_rationales()
+            else:
+                self._rationales = self._file_rationales(self.teacher_rationales)
+        return self._rationales
+
+    def _catalogue_rationales(self) -> list[list[str]]:
+        catalogue = getattr(self.source, "catalogue", None)
+        if not isinstance(catalogue, SyntheticCatalogue):
+            raise ValueError(
+                f"teacher_rationales='catalogue' needs the synthetic catalogue as source (SyntheticReviews), "
+                f"got {type(self.source).__name__}; give a JSON-lines file of rationales instead"
+            )
+        data = self.data
+        user_of = {catalogue.user_reviewer_id(user): user for user in range(catalogue.num_users)}
+        item_of = {catalogue.item_asin(item): item for item in range(catalogue.num_items)}
+        positions, users = self.query_positions("train")
+        candidates, _ = self.candidate_lists("train")
+        rationales = []
+        for position, user, listed in zip(positions.tolist(), users.tolist(), candidates, strict=True):
+            record = catalogue.users[user_of[data.user_ids[user]]]
+            # k-core filtering may drop interactions: find the generator's step by its timestamp.
+            step = int(np.searchsorted(record.timestamps, data.timestamps[position]))
+            if step >= len(record.timestamps) or record.timestamps[step] != data.timestamps[position]:
+                raise ValueError(
+                    f"user {data.user_ids[user]}: no generated interaction at timestamp "
+                    f"{data.timestamps[position]}; is the source the catalogue it claims to be?"
+                )
+            recent = data.items[max(data.offsets[user], position - self.history_titles) : position]
+            history = [item_of[data.item_ids[item]] for item in recent]
+            intent = record.intents[record.intent_path[step]]
+            rationales.append(
+                [
+                    candidate_rationale(catalogue, history, intent, item_of[data.item_ids[item]])
+                    for item in listed
+                ]
+            )
+        return rationales
+
+    def _file_rationales(self, path: str) -> list[list[str]]:
+        data = self.data
+        by_pair = read_rationales(path)
+        _, users = self.query_positions("train")
+        candidates, _ = self.candidate_lists("train")
+        rationales = []
+        for user, listed in zip(users.tolist(), candidates, strict=True):
+            row = []
+            for item in listed.tolist():
+                pair = (data.user_ids[user], data.item_ids[item])
+                if pair not in by_pair:
+                    raise ValueError(
+                        f"{path}: no rationale for user_id {pair[0]!r}, item_id {pair[1]!r} (a candidate "
+                        "of that user's training list); the file must cover candidate_lists('train')"
+                    )
+                row.append(by_pair[pair])
+            rationales.append(row)
+        return rationales
+
     def _candidates(self, split: str) -> DataLoader[CandidateBatch]:
         queries = _CandidateQueries(self, split)
         return DataLoader(
             queries,
-            batch_size=self.eval_batch_size,
-            shuffle=False,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=split == "train",
             collate_fn=queries.collate,
             num_workers=self.num_workers,
         )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_on == "windows":
+            return super().train_dataloader()
+        return self._candidates("train")
 
     def val_dataloader(self) -> DataLoader[CandidateBatch]:
         return self._candidates("valid")

@@ -7,6 +7,7 @@ from lightning_rec.modules.diffureason import DiffuReason
 from lightning_rec.modules.flyprompt import FlyPrompt
 from lightning_rec.modules.gpr import GPR
 from lightning_rec.modules.most_popular import MostPopular
+from lightning_rec.modules.r2rank import ReasoningToRank
 from lightning_rec.modules.ranking_module import RankingModule
 from lightning_rec.modules.rewards import ItemReward, JudgeReward
 from lightning_rec.modules.sasrec import SASRec
@@ -23,6 +24,7 @@ __all__ = [
     "JudgeReward",
     "MostPopular",
     "RankingModule",
+    "ReasoningToRank",
     "SASRec",
     "SGRec",
     "SequentialRecommender",

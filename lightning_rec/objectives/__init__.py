@@ -12,6 +12,9 @@
 - :func:`hepo_loss`, :func:`hepo_advantages`, :func:`process_rewards`, :func:`generalized_advantages`:
   GPR's HEPO over semantic-ID levels (process rewards, GAE, last-level z-score, per-level PPO clip, critic);
   :func:`hepo_rollout` / :class:`HEPORollout` and :func:`critic_loss` run it through :func:`ppo_update`.
+- :func:`plackett_luce_log_prob`, :func:`sample_plackett_luce`, :func:`ranking_ndcg`, :func:`expected_ndcg`,
+  :func:`plackett_luce_reinforce_loss`, :func:`candidate_credit`: Plackett-Luce rankings for listwise
+  rewards (Reasoning to Rank): log-prob, Gumbel sampling, NDCG, REINFORCE, per-candidate credit.
 - :mod:`~lightning_rec.objectives.rollout`: categorical and diffusion rollouts and :func:`ppo_update`,
   which runs ``ppo_epochs`` passes over minibatches of one rollout (how modules drive it: its docstring).
 """
@@ -35,6 +38,15 @@ from lightning_rec.objectives.item_losses import (
     log_expected_candidate_count,
     sampled_softmax_loss,
 )
+from lightning_rec.objectives.plackett_luce import (
+    CREDITS,
+    candidate_credit,
+    expected_ndcg,
+    plackett_luce_log_prob,
+    plackett_luce_reinforce_loss,
+    ranking_ndcg,
+    sample_plackett_luce,
+)
 from lightning_rec.objectives.ppo import PPOConfig, kl_estimate, ppo_loss
 from lightning_rec.objectives.rollout import (
     CategoricalRollout,
@@ -51,6 +63,7 @@ from lightning_rec.objectives.rollout import (
 )
 
 __all__ = [
+    "CREDITS",
     "CategoricalRollout",
     "DiffusionRollout",
     "HEPORollout",
@@ -61,12 +74,14 @@ __all__ = [
     "a2po_loss",
     "anchor_weights",
     "bce_loss",
+    "candidate_credit",
     "categorical_log_probs",
     "categorical_rollout",
     "chunked_cross_entropy",
     "critic_loss",
     "diffusion_log_probs",
     "diffusion_rollout",
+    "expected_ndcg",
     "frozen_copy",
     "gbce_beta",
     "gbce_loss",
@@ -79,8 +94,12 @@ __all__ = [
     "kl_estimate",
     "log_expected_candidate_count",
     "minibatch_groups",
+    "plackett_luce_log_prob",
+    "plackett_luce_reinforce_loss",
     "ppo_loss",
     "ppo_update",
     "process_rewards",
+    "ranking_ndcg",
+    "sample_plackett_luce",
     "sampled_softmax_loss",
 ]

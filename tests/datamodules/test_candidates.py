@@ -82,3 +82,22 @@ def test_batches_carry_the_parent_queries_and_their_titles(source):
             history = [i for i in reference.history[row].tolist() if i > 0]
             assert batch.history_titles[row] == [titles[i] for i in history[-3:]]
             assert batch.candidate_titles[row] == [titles[i] for i in batch.candidates[row].tolist()]
+
+
+def test_training_lists_hold_each_users_last_training_item_and_unseen_negatives(source):
+    module = _module(source, train_on="candidate_lists", batch_size=16)
+    data = module.data
+    positions, users = module.query_positions("train")
+    candidates, positive_index = module.candidate_lists("train")
+    assert len(users) == int((data.train_end - data.offsets[:-1] >= 2).sum())
+    for row, (position, user) in enumerate(zip(positions, users, strict=True)):
+        assert position == data.train_end[user] - 1  # never a validation or test item
+        listed = candidates[row].tolist()
+        assert listed[positive_index[row]] == data.items[position]
+        negatives = set(listed) - {int(data.items[position])}
+        assert len(negatives) == 19
+        assert not negatives & set(data.items[data.offsets[user] : data.offsets[user + 1]].tolist())
+    batches = list(module.train_dataloader())
+    assert sum(len(batch) for batch in batches) == len(users) and batches[0].rationales is None
+    # The windows of the parent stay the default training batches.
+    assert not hasattr(next(iter(_module(source).train_dataloader())), "candidates")
