@@ -11,7 +11,7 @@ from lightning_rec.hub.peft_layout import (
     read_peft_adapter_config,
     write_peft_adapter,
 )
-from lightning_rec.hub.pretrained import MINILM_HUB_ID, resolve_pretrained
+from lightning_rec.hub.pretrained import MINILM_HUB_ID, push_saved_folder, resolve_pretrained
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
@@ -26,6 +26,7 @@ __all__ = [
     "check_adapter_keys",
     "check_vocab",
     "instantiate_tree",
+    "push_saved_folder",
     "read_json",
     "read_peft_adapter",
     "read_peft_adapter_config",

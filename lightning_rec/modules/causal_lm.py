@@ -22,21 +22,21 @@ Axes: b batch, n tokens, v vocabulary.
 from __future__ import annotations
 
 import math
-import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import ModelCard
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import SumMetric
 
 from lightning_rec.data.catalogue_corpus import CausalLMBatch
 from lightning_rec.hub.cards import render_model_card
-from lightning_rec.hub.pretrained import resolve_pretrained
+from lightning_rec.hub.pretrained import push_saved_folder, resolve_pretrained
 
 __all__ = ["CausalLM"]
 
@@ -206,12 +206,9 @@ class CausalLM(L.LightningModule):
 
     def push_to_hub(self, repo_id: str, token: str | None = None, private: bool = False) -> str:
         """Create ``repo_id`` if needed and upload :meth:`save_pretrained`'s folder as one commit."""
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, repo_id=repo_id)
-            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="catalogue LM")
-        return commit.commit_url
+        return push_saved_folder(
+            partial(self.save_pretrained, repo_id=repo_id), repo_id, "catalogue LM", token, private
+        )
 
 
 def _build_model(model_config: dict[str, Any] | None, base_model: str | None) -> nn.Module:

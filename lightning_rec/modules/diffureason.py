@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -59,6 +60,7 @@ from lightning_rec.blocks.thinking import FeedbackName, ThinkingTokenEncoder
 from lightning_rec.data.batches import TrainBatch
 from lightning_rec.hub.cards import render_model_card
 from lightning_rec.metrics.ranking import chunked_topk
+from lightning_rec.modules.manual_optimization import manual_optimizer_step
 from lightning_rec.modules.rewards import ItemReward
 from lightning_rec.modules.sequential_recommender import LossName, NegativeSampler, SequentialRecommender
 from lightning_rec.objectives import PPOConfig, group_advantages
@@ -326,15 +328,7 @@ class DiffuReason(SequentialRecommender):
 
     # ------------------------------------------------------------ training
     def training_step(self, batch: TrainBatch, batch_idx: int) -> None:
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-
-        def step(loss: Tensor) -> None:
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-
+        step = partial(manual_optimizer_step, self)
         if self.use_grpo and self.global_step >= self.grpo_warmup_steps:
             logs = self.grpo_update(batch, step)  # 1-3 trained inside, with the policy loss
         else:

@@ -61,6 +61,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -80,6 +81,7 @@ from lightning_rec.datamodules.sequential import SequentialRecDataModule
 from lightning_rec.hub.cards import render_model_card
 from lightning_rec.hub.pretrained import MINILM_HUB_ID
 from lightning_rec.metrics.ranking import FullRankingMetrics
+from lightning_rec.modules.manual_optimization import manual_optimizer_step
 from lightning_rec.modules.ranking_module import RankingModule
 from lightning_rec.modules.sgrec import (
     BusinessSimulator,
@@ -419,7 +421,7 @@ class GPR(RankingModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor | None:
         if self.stage == "hepo":
-            logs = self.hepo_update(batch, self.hepo_rollout(batch), self._optimizer_step)
+            logs = self.hepo_update(batch, self.hepo_rollout(batch), partial(manual_optimizer_step, self))
             self.log_dict(logs, batch_size=len(batch))
             return None
         # 1-2. Requests cut from the windows, with the next N items as the heads' targets.
@@ -430,16 +432,6 @@ class GPR(RankingModule):
         self.log_dict(logs, batch_size=len(batch))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
-
-    def _optimizer_step(self, loss: Tensor) -> None:
-        """One manual optimiser step (and a scheduler's, which Lightning leaves to manual optimisation)."""
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        optimizer.step()
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
 
     def mtp_loss(
         self, requests: Requests, value_weights: Tensor | None = None

@@ -50,7 +50,7 @@ r sequences (``b c`` or ``b g c``), p prompt tokens, s rationale tokens, d hidde
 
 from __future__ import annotations
 
-import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -58,7 +58,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
-from huggingface_hub import HfApi, ModelCard, snapshot_download
+from huggingface_hub import ModelCard, snapshot_download
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -68,7 +68,9 @@ from lightning_rec.blocks.heads import ScoreHead
 from lightning_rec.data.catalogue_corpus import rationale_prompt
 from lightning_rec.datamodules.candidates import CandidateBatch
 from lightning_rec.hub.cards import render_model_card
+from lightning_rec.hub.pretrained import push_saved_folder
 from lightning_rec.metrics import CandidateRankingMetrics
+from lightning_rec.modules.manual_optimization import manual_optimizer_step
 from lightning_rec.objectives import PPOConfig
 from lightning_rec.objectives.plackett_luce import (
     CREDITS,
@@ -265,14 +267,7 @@ class ReasoningToRank(L.LightningModule):
             self._rl_step_without_reasoning(batch)
 
     def _step(self, loss: Tensor) -> None:
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        if self.max_grad_norm is not None:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
-            )
-        optimizer.step()
+        manual_optimizer_step(self, loss, self.max_grad_norm)
 
     def _sft_step(self, batch: CandidateBatch) -> None:
         c = batch.candidates.shape[1]
@@ -469,11 +464,6 @@ class ReasoningToRank(L.LightningModule):
 
     def push_to_hub(self, repo_id: str, token: str | None = None, private: bool = False) -> str:
         """Create ``repo_id`` if needed and upload :meth:`save_pretrained`'s folder as one commit."""
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, repo_id=repo_id)
-            commit = api.upload_folder(
-                repo_id=repo_id, folder_path=folder, commit_message="Reasoning to Rank"
-            )
-        return commit.commit_url
+        return push_saved_folder(
+            partial(self.save_pretrained, repo_id=repo_id), repo_id, "Reasoning to Rank", token, private
+        )

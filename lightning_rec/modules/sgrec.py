@@ -44,6 +44,7 @@ k slate, m aspects, u user features.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -71,6 +72,7 @@ from lightning_rec.data.synthetic import SyntheticCatalogue, SyntheticReviews
 from lightning_rec.data.text_files import default_cache_dir
 from lightning_rec.datamodules.sequential import SequentialRecDataModule
 from lightning_rec.hub.cards import render_model_card
+from lightning_rec.modules.manual_optimization import manual_optimizer_step
 from lightning_rec.modules.rewards import catalogue_item_texts, load_aspect_evidence
 from lightning_rec.modules.sequential_recommender import SequentialRecommender
 from lightning_rec.objectives.a2po import A2PO_MODES, A2POMode, a2po_advantages
@@ -545,7 +547,9 @@ class SGRec(SequentialRecommender):
                     evaluation.auxiliary_loss = self.anchor_weight * anchor
                 return evaluation
 
-            diagnostics = ppo_update(rollout, advantages, evaluate, self._optimizer_step, self.ppo)
+            diagnostics = ppo_update(
+                rollout, advantages, evaluate, partial(manual_optimizer_step, self), self.ppo
+            )
         finally:
             self.encoder.train(training)
         with torch.no_grad():
@@ -557,16 +561,6 @@ class SGRec(SequentialRecommender):
             {f"train/a2po_{name}": value for name, value in diagnostics.items()}, batch_size=len(batch)
         )
         self.log("train/loss", diagnostics["loss"], prog_bar=True, batch_size=len(batch))
-
-    def _optimizer_step(self, loss: Tensor) -> None:
-        """One manual optimiser step (and the warm-up schedule's step, which Lightning leaves to us)."""
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        optimizer.step()
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
 
     def _request_users(self, batch: TrainBatch) -> Tensor | None:
         """The data user of each training window, for simulators that need one."""
