@@ -17,6 +17,7 @@ from lightning_rec.blocks.judge import (
     UserContext,
     history_contexts,
 )
+from lightning_rec.blocks.pooling import mean_pooled_sentence_vectors
 from lightning_rec.blocks.prompts import DeepPrompts, tiny_vit_config
 from lightning_rec.blocks.router import RandomExpandedAnalyticRouter
 from lightning_rec.blocks.semantic_id import SemanticIdQuantizer, SemanticIdReport, SemanticIdTrie
@@ -78,6 +79,7 @@ __all__ = [
     "inject_smoa",
     "last_token_positions",
     "load_smoa",
+    "mean_pooled_sentence_vectors",
     "save_smoa",
     "set_smoa_adapter",
     "smoa_adapter_config",

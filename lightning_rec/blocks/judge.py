@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
+from lightning_rec.blocks.pooling import mean_pooled_sentence_vectors
 from lightning_rec.data.score_cache import ScoreCache
 from lightning_rec.hub.mixin import HubMixin
 from lightning_rec.objectives.grpo import group_advantages
@@ -269,9 +270,8 @@ class EmbeddingAspectEvidence:
                 chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
             ).to(device)
             hidden = self.encoder(**tokens).last_hidden_state  # (t n d)
-            weights = rearrange(tokens["attention_mask"], "t n -> t n 1").to(hidden.dtype)
-            pooled = reduce(hidden * weights, "t n d -> t d", "sum") / reduce(weights, "t n 1 -> t 1", "sum")
-            for text, vector in zip(chunk, F.normalize(pooled.float(), dim=-1).cpu(), strict=True):
+            vectors = mean_pooled_sentence_vectors(hidden, tokens["attention_mask"]).cpu()
+            for text, vector in zip(chunk, vectors, strict=True):
                 self._text_vectors[text] = vector
         if not texts:
             return torch.empty(0, self.feature_size)

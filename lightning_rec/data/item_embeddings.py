@@ -21,13 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange, reduce
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
 from lightning_rec.atomic import atomic_path
+from lightning_rec.blocks.pooling import mean_pooled_sentence_vectors
 from lightning_rec.data.text_files import default_cache_dir
 from lightning_rec.hub.pretrained import MINILM_HUB_ID, resolve_pretrained
 
@@ -102,9 +101,7 @@ def _encode(texts: Sequence[str], model_name: str, batch_size: int, max_length: 
             return_tensors="pt",
         )
         hidden = encoder(**tokens).last_hidden_state  # (i n e)
-        weights = rearrange(tokens["attention_mask"], "i n -> i n 1").to(hidden.dtype)
-        pooled = reduce(hidden * weights, "i n e -> i e", "sum") / reduce(weights, "i n 1 -> i 1", "sum")
-        chunks.append(F.normalize(pooled.float(), dim=-1))
+        chunks.append(mean_pooled_sentence_vectors(hidden, tokens["attention_mask"]))
     if not chunks:
         return torch.empty(0, int(encoder.config.hidden_size))
     return torch.cat(chunks)
