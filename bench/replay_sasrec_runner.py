@@ -33,7 +33,8 @@ Order differs from RecBole's on a few users: RecBole 1.2.1's ``ml-100k.yaml`` se
 so it sorts on min-max normalised timestamps cast to float32 (about 1 s resolution), which turns
 timestamps a second apart into ties kept in file order. Checked against RecBole's own split: this exact
 order gives the same valid/test targets for 938/939 of 943 users and the same 50-item histories for 905/906;
-the float32 order reproduces RecBole on all 943.
+the float32 order reproduces RecBole on all 943. A copy of the file pre-sorted by (user, timestamp, file
+position), given to both runners, makes RecBole's split identical to this one (943/943).
 """
 
 from __future__ import annotations
