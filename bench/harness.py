@@ -420,7 +420,8 @@ def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
 
     A seed's rows always run in the same process, so every paired difference still compares rows of
     the same run; only different seeds may come from different runs (each run's command, commit and
-    machine are kept under ``merged_from``). Raises ``ValueError`` when the runs differ in anything
+    machine are kept under ``merged_from``). A seed that a run stopped in the middle of (present for
+    some rows only) is left out, and listed there. Raises ``ValueError`` when the runs differ in anything
     fixed before a run (protocol, budget, selection, grid, rows and their parameters) or share a seed.
     """
     if len(paths) < 2:
@@ -444,17 +445,23 @@ def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
     }
     merged["rows"] = {name: {"params": row["params"], "per_seed": []} for name, row in first["rows"].items()}
     seen: dict[int, str] = {}
+    dropped: list[list[int]] = []
     for path, run in zip(paths, runs, strict=True):
-        for seed in run["seeds"]:
+        # A run stopped mid-seed has that seed for some rows only: its trials are dropped (unpaired).
+        by_row = [{r["seed"] for r in row["per_seed"]} for row in run["rows"].values()]
+        complete = set.intersection(*by_row) if by_row else set()
+        dropped.append(sorted(set.union(*by_row) - complete) if by_row else [])
+        for seed in sorted(complete):
             if seed in seen:
                 raise ValueError(f"seed {seed} is in both {seen[seed]} and {path}")
             seen[seed] = str(path)
         for name, row in run["rows"].items():
-            merged["rows"][name]["per_seed"] += row["per_seed"]
+            merged["rows"][name]["per_seed"] += [r for r in row["per_seed"] if r["seed"] in complete]
     for row in merged["rows"].values():
         row["per_seed"].sort(key=lambda r: r["seed"])
     merged["seeds"] = sorted(seen)
-    merged["complete"] = all(run.get("complete", False) for run in runs)
+    # Complete when every seed some run set out to do was delivered whole by one of them.
+    merged["complete"] = {seed for run in runs for seed in run["seeds"]} <= set(seen)
     merged["merged_from"] = [
         {
             "path": str(p),
@@ -463,7 +470,8 @@ def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
                 for k in ("command", "git_commit", "git_dirty", "started", "finished", "seeds", "machine")
             },
         }
-        for p, run in zip(paths, runs, strict=True)
+        | {"dropped_incomplete_seeds": gone}
+        for p, run, gone in zip(paths, runs, dropped, strict=True)
     ]
     summarize_result(merged)
     from lightning_rec.atomic import atomic_path

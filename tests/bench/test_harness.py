@@ -138,3 +138,25 @@ def test_merge_refuses_shared_seeds_and_different_budgets(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="'budget' is 'two calls'"):
         merge_results([tmp_path / "a" / "toy.json", tmp_path / "c" / "toy.json"], tmp_path / "out.json")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_merge_drops_the_seed_a_stopped_run_left_half_done(tmp_path: Path) -> None:
+    """A run stopped in the middle of seed 1 (planned 0..2) plus a run of seeds 1..2 make seeds 0..2."""
+    whole = _seeded_run(tmp_path / "whole", 0, 3)
+    _seeded_run(tmp_path / "a", 0, 3)
+    stopped = json.loads((tmp_path / "a" / "toy.json").read_text())
+    stopped["rows"]["method"]["per_seed"] = [
+        r for r in stopped["rows"]["method"]["per_seed"] if r["seed"] == 0
+    ]
+    stopped["rows"]["base"]["per_seed"] = [r for r in stopped["rows"]["base"]["per_seed"] if r["seed"] <= 1]
+    stopped["complete"] = False
+    (tmp_path / "a" / "toy.json").write_text(json.dumps(stopped))
+    _seeded_run(tmp_path / "b", 1, 2)
+    merged = merge_results([tmp_path / "a" / "toy.json", tmp_path / "b" / "toy.json"], tmp_path / "toy.json")
+    assert merged["seeds"] == [0, 1, 2] and merged["complete"]
+    assert [run["dropped_incomplete_seeds"] for run in merged["merged_from"]] == [[1], []]
+    assert [r["seed"] for r in merged["rows"]["base"]["per_seed"]] == [0, 1, 2]
+    paired = merged["rows"]["method"]["paired"]["score"]
+    assert paired == pytest.approx(whole["rows"]["method"]["paired"]["score"])
+    with pytest.raises(ValueError, match="seed 0 is in both"):
+        merge_results([tmp_path / "a" / "toy.json", tmp_path / "whole" / "toy.json"], tmp_path / "x.json")
