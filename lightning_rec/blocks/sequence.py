@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -203,6 +203,21 @@ def positions_from_end(is_item: Tensor) -> Tensor:
     return counts.sum(dim=1, keepdim=True) - counts.cumsum(dim=1)
 
 
+def positions_from_start(is_item: Tensor) -> Tensor:
+    """Real-item mask `b n` (bool) -> position of each item counted from the first real item `b n`.
+
+    The oldest item in the sequence is position 0 (RecBole's and the SASRec paper's numbering for
+    left-aligned sequences). With a causal encoder, the output at item j of a sequence then equals
+    the output for the prefix ending at j encoded alone, so one pass over a training window trains
+    every prefix of it exactly as evaluation encodes a history. Values at padding positions are 0.
+    """
+    counts = is_item.long()
+    return (counts.cumsum(dim=1) - 1).clamp(min=0)
+
+
+PositionOrder = Literal["from_end", "from_start"]
+
+
 @dataclass
 class _KeyValueCache:
     """A causal transformer's encoded history: per-layer keys and values `b h n d_head`, item mask `b n`."""
@@ -305,9 +320,14 @@ class _TransformerEncoder(SequenceEncoder):
         activation: type[nn.Module],
         extra_tokens: int,
         scale_item_embeddings: bool = True,
+        position_order: PositionOrder = "from_end",
     ) -> None:
         super().__init__(num_items, hidden_size, max_len, extra_tokens)
+        if position_order not in ("from_end", "from_start"):
+            raise ValueError(f"position_order must be 'from_end' or 'from_start', got {position_order!r}")
         self.item_scale = math.sqrt(hidden_size) if scale_item_embeddings else 1.0
+        self.position_order = position_order
+        self._positions = positions_from_end if position_order == "from_end" else positions_from_start
         self.position_embedding = nn.Embedding(max_len, hidden_size)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
         self.embedding_dropout = nn.Dropout(dropout)
@@ -323,7 +343,7 @@ class _TransformerEncoder(SequenceEncoder):
         # item signal is not drowned by the position embedding at init. RecBole does not scale
         # (`scale_item_embeddings=False`): items and positions then start at the same magnitude.
         hidden = self.item_embedding(input_ids) * self.item_scale
-        hidden = hidden + self.position_embedding(positions_from_end(is_item))
+        hidden = hidden + self.position_embedding(self._positions(is_item))
         return self.embedding_dropout(hidden * rearrange(is_item, "b n -> b n 1"))
 
     def encode(self, input_ids: Tensor, is_item: Tensor, appended: Tensor) -> Tensor:
@@ -377,6 +397,13 @@ class SASRec(_TransformerEncoder):
     `scale_item_embeddings=False` drops the sqrt(d) factor on the input item embeddings (RecBole's
     choice).
 
+    `position_order` numbers the positions ``"from_end"`` (the most recent item is 0: every history
+    puts its latest item on the same embedding) or ``"from_start"`` (the oldest item is 0, as RecBole
+    and the paper number left-aligned sequences). With ``"from_start"`` the output at item j of a
+    window equals the output for that window's prefix ending at j encoded alone, so a training
+    window trains each of its prefixes as evaluation encodes a history; with ``"from_end"`` only the
+    window's last position is in the configuration evaluation uses.
+
     forward: item ids `b n` -> hidden states `b n d`.
     """
 
@@ -392,6 +419,7 @@ class SASRec(_TransformerEncoder):
         dropout: float = 0.2,
         ffn_multiplier: int = 4,
         scale_item_embeddings: bool = True,
+        position_order: PositionOrder = "from_end",
     ) -> None:
         super().__init__(
             num_items,
@@ -404,6 +432,7 @@ class SASRec(_TransformerEncoder):
             activation=nn.ReLU,
             extra_tokens=0,
             scale_item_embeddings=scale_item_embeddings,
+            position_order=position_order,
         )
 
 

@@ -254,3 +254,33 @@ def test_requests_at_inner_positions_see_only_the_history_up_to_them(encoder_cla
     with pytest.raises(ValueError, match="bidirectional"):
         bert = BERT4Rec(num_items=30, hidden_size=16, max_len=12)
         bert.extend(bert.encode_prefix(ids)[1], appended, positions)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_positions_from_start_make_each_window_position_its_own_prefix(side: str) -> None:
+    """With ``position_order="from_start"`` the output at item j of a window equals the output for
+    the prefix ending at j encoded alone (what evaluation does with a history); the default
+    numbering from the end gives that only at the window's last item, so the check can fail."""
+    window = SEQUENCES[1]
+
+    def prefix_gap(encoder: SequenceEncoder) -> float:
+        (whole,) = encode(encoder, [window], side)
+        prefixes = encode(encoder, [window[: j + 1] for j in range(len(window))], side)
+        return max(float((whole[j] - prefix[-1]).abs().max()) for j, prefix in enumerate(prefixes))
+
+    assert prefix_gap(build("SASRec", position_order="from_start")) < 1e-5
+    assert prefix_gap(build("SASRec")) > 1e-3
+
+
+def test_positions_from_start_keep_outputs_independent_of_padding() -> None:
+    encoder = build("SASRec", position_order="from_start")
+    short = [items for items in SEQUENCES if len(items) <= 5]
+    reference = encode(encoder, short, "left")
+    for side, length in [("left", 5), ("right", MAX_LEN), ("right", 5)]:
+        for expected, actual in zip(reference, encode(encoder, short, side, length), strict=True):
+            torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_position_order_is_checked() -> None:
+    with pytest.raises(ValueError, match="position_order"):
+        build("SASRec", position_order="backwards")
