@@ -17,6 +17,7 @@ Run from the repository root:
 
     .venv/bin/python bench/scale.py --part cost                  # the grid, 1 thread
     .venv/bin/python bench/scale.py --part quality --max-epochs 40 --patience 5   # ml-100k, 5 seeds
+    .venv/bin/python bench/scale.py --part offset --max-epochs 40 --patience 5    # BCE/gBCE + logit offset
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ LOSSES = {  # loss -> its options, the same in both parts
 # SASRec exploration that converged fastest (flat from epoch 6, bench/notes/sasrec_vs_peers.md), so
 # that 5 losses x 5 seeds fit one session on 2 shared cores; the shipped batch-32 recipe needs ~4x the
 # epochs' wall time.
+#: The offset bench: full CE, and the two sampled BCE losses with ``logit_offset`` (same budget).
+OFFSET_ROWS = {
+    "ce": LOSSES["ce"],
+    "gbce+offset": {**LOSSES["gbce"], "logit_offset": True},
+    "bce+offset": {**LOSSES["bce"], "logit_offset": True},
+}
 QUALITY_TRAINING = {
     "data.init_args.batch_size": 128,
     "model.init_args.learning_rate": 0.002,
@@ -176,7 +183,8 @@ def quality_trial(row: str, params: dict[str, Any], seed: int, max_epochs: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["cost", "quality"], default="cost")
+    parser.add_argument("--part", choices=["cost", "quality", "offset"], default="cost",
+                        help="offset: the quality bench for BCE and gBCE with logit_offset, against full CE")
     parser.add_argument("--cell", nargs=2, metavar=("LOSS", "ITEMS"), help="internal: measure one cell")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per cell (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=1)
@@ -204,9 +212,12 @@ def main() -> None:
         run_cost(bench, args.steps, args.threads, args.cells_file, measure=not args.no_measure)
         bench.run(rows={}, trial=lambda row, params, seed: None)
         return
+    offset = args.part == "offset"
     bench = Bench(
-        name="scale_quality",
-        title="Next-item losses on ml-100k: quality against full CE",
+        name="scale_quality_offset" if offset else "scale_quality",
+        title="BCE and gBCE with a learned logit offset on ml-100k: quality against full CE"
+        if offset
+        else "Next-item losses on ml-100k: quality against full CE",
         protocol="RecBole's bundled ml-100k (943 users, 1,682 items), leave-one-out in time order, "
         "unmasked full ranking, SASRec d 64 / 2 layers / 2 heads (configs/sasrec/ml-100k.yaml) with "
         "batch 128, lr 2e-3, dropout 0.3 for every row, only the loss changed; test NDCG@10",
@@ -217,8 +228,9 @@ def main() -> None:
         baseline="ce",
         argv=rest,
     )
+    rows = OFFSET_ROWS if offset else LOSSES
     bench.run(
-        rows=LOSSES,
+        rows=rows,
         trial=lambda row, params, seed: quality_trial(row, params, seed, args.max_epochs, args.patience),
     )
 

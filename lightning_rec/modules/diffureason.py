@@ -118,7 +118,7 @@ class DiffuReason(SequentialRecommender):
             taken when GRPO starts (0 disables the copy).
         ppo_epochs: PPO passes over each rollout; above 1 the ratio leaves 1 and the clip engages.
         num_minibatches: optimizer steps per pass (the batch's requests split at random).
-        loss, num_negatives, negative_sampler, gbce_calibration, loss_chunk_size, cloze_mask_prob,
+        loss, num_negatives, negative_sampler, gbce_calibration, logit_offset, loss_chunk_size, cloze_mask_prob,
             learning_rate, weight_decay, warmup_steps, ks, mask_history, pretrained: as
             :class:`SequentialRecommender` (every next-item loss of the module uses ``loss``).
     """
@@ -152,6 +152,7 @@ class DiffuReason(SequentialRecommender):
         num_negatives: int = 1,
         negative_sampler: NegativeSampler = "uniform",
         gbce_calibration: float = 0.75,
+        logit_offset: bool = False,
         loss_chunk_size: int = 8192,
         cloze_mask_prob: float = 0.2,
         learning_rate: float = 1e-3,
@@ -167,6 +168,7 @@ class DiffuReason(SequentialRecommender):
             num_negatives=num_negatives,
             negative_sampler=negative_sampler,
             gbce_calibration=gbce_calibration,
+            logit_offset=logit_offset,
             loss_chunk_size=loss_chunk_size,
             cloze_mask_prob=cloze_mask_prob,
             learning_rate=learning_rate,

@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_rec.blocks.sequence import SASRec as SASRecEncoder
@@ -28,9 +28,11 @@ from lightning_rec.modules.ranking_module import RankingModule
 from lightning_rec.objectives.item_losses import (
     bce_loss,
     chunked_cross_entropy,
+    gbce_beta,
     gbce_loss,
     log_expected_candidate_count,
     sampled_softmax_loss,
+    uninformed_logit,
 )
 
 __all__ = ["SequentialRecommender"]
@@ -69,6 +71,13 @@ class SequentialRecommender(RankingModule):
         negative_sampler: ``"uniform"`` or ``"popularity"`` (the training popularity) negatives for
             ``"sampled_softmax"``.
         gbce_calibration: gSASRec's ``t`` in ``[0, 1]`` (0 is plain BCE; the paper uses 0.75).
+        logit_offset: ``"bce"`` and ``"gbce"`` only: learn one scalar added to every logit, started at
+            the best logit of an uninformed model (:func:`~lightning_rec.objectives.uninformed_logit`,
+            about -6.6 for gBCE with 256 negatives). It never changes a ranking. **Use it with gBCE**:
+            without it, 256 negatives first push every logit down through the (small, tied) item
+            embeddings, and on ml-100k SASRec's validation NDCG@10 stayed at 0.015-0.019, below BCE
+            with one negative (``bench/notes/scale_quality.md``). Off by default so that earlier
+            configs and checkpoints keep their meaning.
         loss_chunk_size: items per chunk for ``"ce_chunked"``.
         cloze_mask_prob: share of items masked for bidirectional encoders.
         learning_rate, weight_decay: AdamW settings.
@@ -89,6 +98,7 @@ class SequentialRecommender(RankingModule):
         num_negatives: int = 1,
         negative_sampler: NegativeSampler = "uniform",
         gbce_calibration: float = 0.75,
+        logit_offset: bool = False,
         loss_chunk_size: int = 8192,
         cloze_mask_prob: float = 0.2,
         learning_rate: float = 1e-3,
@@ -107,6 +117,11 @@ class SequentialRecommender(RankingModule):
             raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
         if loss_chunk_size < 1:
             raise ValueError(f"loss_chunk_size must be >= 1, got {loss_chunk_size}")
+        if logit_offset and loss not in ("bce", "gbce"):
+            raise ValueError(
+                f"logit_offset applies to loss 'bce' or 'gbce' only (a softmax ignores a shared offset), "
+                f"got loss={loss!r}"
+            )
         if not encoder.causal and encoder.mask_token_id is None:
             raise ValueError(
                 f"{type(encoder).__name__} is bidirectional but has no mask token for cloze training"
@@ -118,6 +133,12 @@ class SequentialRecommender(RankingModule):
         self.negative_sampler = negative_sampler
         self.gbce_calibration = gbce_calibration
         self.loss_chunk_size = loss_chunk_size
+        self.logit_offset: nn.Parameter | None = None
+        if logit_offset:
+            beta = (
+                gbce_beta(num_negatives, encoder.num_items, gbce_calibration) if loss == "gbce" else 1.0
+            )
+            self.logit_offset = nn.Parameter(torch.tensor(uninformed_logit(num_negatives, beta)))
         # Training popularity for the sampled softmax's logQ correction: data, not weights, so it is
         # not saved (a model loaded for inference never needs it; training sets it again at fit).
         self.register_buffer("item_popularity", None, persistent=False)
@@ -293,12 +314,17 @@ class SequentialRecommender(RankingModule):
             # Uniform negatives shared by the batch: every position still sees g uniform negatives
             # (gSASRec's sampling rate), for one (m d) x (d g) product instead of a gather of m g rows.
             negatives = torch.randint(1, self.num_items + 1, (self.num_negatives,), device=targets.device)
-            return gbce_loss(hidden, item_embeddings, targets, negatives, self.gbce_calibration)
+            return gbce_loss(
+                hidden, item_embeddings, targets, negatives, self.gbce_calibration, self._offset()
+            )
         # Uniform negatives per position, as the SASRec paper samples them.
         negatives = torch.randint(
             1, self.num_items + 1, (len(targets), self.num_negatives), device=targets.device
         )  # (m g)
-        return bce_loss(hidden, item_embeddings, targets, negatives)
+        return bce_loss(hidden, item_embeddings, targets, negatives, self._offset())
+
+    def _offset(self) -> Tensor | float:
+        return 0.0 if self.logit_offset is None else self.logit_offset
 
     def _sampled_softmax(self, hidden: Tensor, item_embeddings: Tensor, targets: Tensor) -> Tensor:
         """In-batch plus ``num_negatives`` shared negatives, each logit corrected by its ``log Q``."""

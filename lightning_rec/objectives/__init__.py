@@ -8,7 +8,8 @@
   semantic advantage) and its reward_sum / adv_sum / business_only ablations.
 - :func:`chunked_cross_entropy`, :func:`sampled_softmax_loss`, :func:`gbce_loss`, :func:`bce_loss`:
   next-item losses whose memory does not grow with the catalogue (exact chunked CE; sampled softmax
-  with logQ correction; gSASRec's gBCE; SASRec's BCE).
+  with logQ correction; gSASRec's gBCE; SASRec's BCE; :func:`uninformed_logit`, the start of their
+  learned logit offset).
 - :func:`hepo_loss`, :func:`hepo_advantages`, :func:`process_rewards`, :func:`generalized_advantages`:
   GPR's HEPO over semantic-ID levels (process rewards, GAE, last-level z-score, per-level PPO clip, critic);
   :func:`hepo_rollout` / :class:`HEPORollout` and :func:`critic_loss` run it through :func:`ppo_update`.
@@ -37,6 +38,7 @@ from lightning_rec.objectives.item_losses import (
     gbce_loss,
     log_expected_candidate_count,
     sampled_softmax_loss,
+    uninformed_logit,
 )
 from lightning_rec.objectives.plackett_luce import (
     CREDITS,
@@ -102,4 +104,5 @@ __all__ = [
     "ranking_ndcg",
     "sample_plackett_luce",
     "sampled_softmax_loss",
+    "uninformed_logit",
 ]

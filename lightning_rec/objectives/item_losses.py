@@ -27,6 +27,8 @@ g negatives, u candidates (in-batch positives and sampled negatives).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -34,6 +36,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 __all__ = [
+    "uninformed_logit",
     "bce_loss",
     "chunked_cross_entropy",
     "gbce_beta",
@@ -208,8 +211,29 @@ def gbce_beta(num_negatives: int, num_items: int, calibration: float) -> float:
     return alpha * (calibration * (1.0 - 1.0 / alpha) + 1.0 / alpha)
 
 
+def uninformed_logit(num_negatives: int, beta: float = 1.0) -> float:
+    """The best single logit for every item of a sampled BCE / gBCE loss: ``log(beta / g)``.
+
+    An item that is the positive with probability ``p`` and a sampled negative at rate ``alpha``
+    minimises ``p beta (-log sigma(s)) + alpha (-log(1 - sigma(s)))`` at ``s = log(p beta / alpha)``;
+    for an uninformed model (``p = 1 / n``, ``alpha = g / (n - 1)``) that is about ``log(beta / g)``.
+    A learned offset started there (as a detector's classifier bias starts at the prior) keeps the
+    item embeddings from having to learn the common shift themselves: with ``g = 256`` negatives
+    and small tied embeddings, learning that shift collapsed SASRec's inputs on ml-100k
+    (``bench/notes/scale_quality.md``). ``beta`` is :func:`gbce_beta` for gBCE and 1 for BCE.
+    """
+    if num_negatives < 1 or beta <= 0:
+        raise ValueError(f"need num_negatives >= 1 and beta > 0, got {num_negatives} and {beta}")
+    return math.log(beta / num_negatives)
+
+
 def gbce_loss(
-    hidden: Tensor, item_embeddings: Tensor, targets: Tensor, negatives: Tensor, calibration: float = 0.75
+    hidden: Tensor,
+    item_embeddings: Tensor,
+    targets: Tensor,
+    negatives: Tensor,
+    calibration: float = 0.75,
+    offset: Tensor | float = 0.0,
 ) -> Tensor:
     """gSASRec's gBCE: ``-log sigma(s+)^beta - sum_g log(1 - sigma(s-_g))`` (arXiv 2308.07192).
 
@@ -225,9 +249,11 @@ def gbce_loss(
         negatives: ``(m g)`` long uniform negatives per position, or ``(g)`` shared by all positions
             (each position still sees ``g`` uniform negatives, so ``alpha`` is the same), in ``[1, i)``.
         calibration: ``t`` in ``[0, 1]``; the paper's default is 0.75.
+        offset: a scalar added to every logit (a learned logit offset, :func:`uninformed_logit`);
+            one value for all items, so it never changes a ranking.
     """
     positive_logits, negative_logits = _positive_and_negative_logits(
-        hidden, item_embeddings, targets, negatives
+        hidden, item_embeddings, targets, negatives, offset
     )
     beta = gbce_beta(negative_logits.shape[1], len(item_embeddings) - 1, calibration)
     per_logit = torch.cat(
@@ -236,7 +262,9 @@ def gbce_loss(
     return per_logit.mean()
 
 
-def bce_loss(hidden: Tensor, item_embeddings: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+def bce_loss(
+    hidden: Tensor, item_embeddings: Tensor, targets: Tensor, negatives: Tensor, offset: Tensor | float = 0.0
+) -> Tensor:
     """SASRec's BCE (arXiv 1808.09781): ``-log sigma(s+) - mean_g log(1 - sigma(s-_g))``, mean over m.
 
     Args:
@@ -244,15 +272,16 @@ def bce_loss(hidden: Tensor, item_embeddings: Tensor, targets: Tensor, negatives
         item_embeddings: ``(i d)``, row 0 the padding item.
         targets: ``(m)`` long, in ``[1, i)``.
         negatives: ``(m g)`` long sampled negatives per position, or ``(g)`` shared, in ``[1, i)``.
+        offset: a scalar added to every logit (see :func:`gbce_loss`).
     """
     positive_logits, negative_logits = _positive_and_negative_logits(
-        hidden, item_embeddings, targets, negatives
+        hidden, item_embeddings, targets, negatives, offset
     )
     return F.softplus(-positive_logits).mean() + F.softplus(negative_logits).mean()
 
 
 def _positive_and_negative_logits(
-    hidden: Tensor, item_embeddings: Tensor, targets: Tensor, negatives: Tensor
+    hidden: Tensor, item_embeddings: Tensor, targets: Tensor, negatives: Tensor, offset: Tensor | float = 0.0
 ) -> tuple[Tensor, Tensor]:
     """Positive ``(m)`` and negative ``(m g)`` logits; negatives per position ``(m g)`` or shared ``(g)``.
 
@@ -267,10 +296,10 @@ def _positive_and_negative_logits(
             f"negatives must be ({len(targets)}, g >= 1) per position or (g >= 1,) shared, "
             f"got {tuple(negatives.shape)}"
         )
-    positive_logits = torch.einsum("md,md->m", hidden, item_embeddings[targets])
+    positive_logits = torch.einsum("md,md->m", hidden, item_embeddings[targets]) + offset
     if shared:
-        return positive_logits, hidden @ item_embeddings[negatives].T
-    return positive_logits, torch.einsum("md,mgd->mg", hidden, item_embeddings[negatives])
+        return positive_logits, hidden @ item_embeddings[negatives].T + offset
+    return positive_logits, torch.einsum("md,mgd->mg", hidden, item_embeddings[negatives]) + offset
 
 
 def _check_inputs(hidden: Tensor, item_embeddings: Tensor, targets: Tensor) -> None:

@@ -188,3 +188,24 @@ def test_the_million_item_config_trains_when_shrunk(tmp_path, monkeypatch, data_
     assert fit.datamodule.source.catalogue.choice_candidates == 64
     assert fit.trainer.global_step == 3
     assert torch.isfinite(fit.trainer.callback_metrics["train/loss"])
+
+
+@pytest.mark.parametrize("loss", ["bce", "gbce"])
+def test_logit_offset_starts_at_the_uninformed_logit_and_learns(loss):
+    from lightning_rec.objectives import gbce_beta, uninformed_logit
+
+    torch.manual_seed(0)
+    model = SASRec(encoder=SASRecEncoder(num_items=20, hidden_size=16, max_len=10, dropout=0.0),
+                   loss=loss, num_negatives=8, logit_offset=True)  # fmt: skip
+    beta = gbce_beta(8, 20, 0.75) if loss == "gbce" else 1.0
+    assert float(model.logit_offset) == pytest.approx(uninformed_logit(8, beta))
+    model.log = lambda *args, **kwargs: None
+    model.training_step(_batch(20), 0).backward()
+    assert model.logit_offset.grad is not None and float(model.logit_offset.grad.abs()) > 0
+    # Without the option there is no parameter, so earlier checkpoints load unchanged.
+    assert "logit_offset" not in SASRec(encoder=SASRecEncoder(num_items=20), loss=loss).state_dict()
+
+
+def test_logit_offset_is_refused_for_softmax_losses():
+    with pytest.raises(ValueError, match="logit_offset applies to loss 'bce' or 'gbce'"):
+        SASRec(encoder=SASRecEncoder(num_items=10), loss="ce", logit_offset=True)

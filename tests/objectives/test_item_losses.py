@@ -11,6 +11,7 @@ from lightning_rec.objectives import (
     gbce_loss,
     log_expected_candidate_count,
     sampled_softmax_loss,
+    uninformed_logit,
 )
 
 
@@ -170,3 +171,34 @@ def test_invalid_inputs_are_named():
         gbce_loss(hidden, items, targets, torch.ones(3, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="one value per item"):
         sampled_softmax_loss(hidden, items, targets, torch.tensor([1]), torch.zeros(3))
+
+
+@pytest.mark.parametrize("loss_name", ["bce", "gbce"])
+def test_an_offset_is_added_to_every_logit(loss_name):
+    hidden, items, targets = _inputs(positions=7, items=30, seed=4)
+    negatives = torch.randint(1, 30, (7, 5), generator=torch.Generator().manual_seed(1))
+    offset = torch.tensor(-2.5)
+    positive = (hidden * items[targets]).sum(-1) + offset
+    negative = torch.einsum("md,mgd->mg", hidden, items[negatives]) + offset
+    if loss_name == "bce":
+        expected = -torch.log(torch.sigmoid(positive)).mean() - torch.log(1 - torch.sigmoid(negative)).mean()
+        actual = bce_loss(hidden, items, targets, negatives, offset)
+    else:
+        beta = gbce_beta(5, 29, 0.75)
+        per_position = -beta * torch.log(torch.sigmoid(positive)) - torch.log(1 - torch.sigmoid(negative)).sum(1)
+        expected = per_position.sum() / (7 * 6)
+        actual = gbce_loss(hidden, items, targets, negatives, 0.75, offset)
+    torch.testing.assert_close(actual, expected)
+
+
+@pytest.mark.parametrize(("num_negatives", "calibration"), [(1, 0.0), (16, 0.5), (256, 0.75)])
+def test_uninformed_logit_minimises_the_loss_of_an_uninformed_model(num_negatives, calibration):
+    """``p beta softplus(-s) + alpha softplus(s)`` with ``p = 1/n`` and ``alpha = g/(n-1)``, minimised
+    by a dense grid, lands on ``log(beta/g)`` (exact up to ``log((n-1)/n)``, 1e-4 at n = 10^4)."""
+    n = 10_000
+    beta = gbce_beta(num_negatives, n, calibration)
+    s = torch.linspace(-15, 5, 200_001, dtype=torch.float64)
+    loss = beta / n * F.softplus(-s) + num_negatives / (n - 1) * F.softplus(s)
+    assert float(s[loss.argmin()]) == pytest.approx(uninformed_logit(num_negatives, beta), abs=1e-3)
+    with pytest.raises(ValueError, match="num_negatives"):
+        uninformed_logit(0)
