@@ -27,6 +27,7 @@ ORDER = [
     "sasrec_vs_peers",
     "scale_cost",
     "scale_quality",
+    "scale_quality_offset",
     "diffureason_ablation_ml_100k",
     "diffureason_ablation_synthetic_2023",
     "diffureason_judge",

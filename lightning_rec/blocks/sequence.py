@@ -142,7 +142,8 @@ class SequenceEncoder(HubMixin, nn.Module, ABC):
         to t only, as encoded in this window (the states a next-item loss at t reads); requests do
         not see each other. Causal encoders only. GRU4Rec and HSTU are causal in everything, so
         this re-encodes each request's history with the items after t replaced by padding; SASRec
-        numbers positions from the window's end, so it reads its KV cache instead.
+        reads its KV cache instead (its states at t as this window encodes them; with
+        ``position_order="from_start"`` they equal the states of the history alone).
         """
         input_ids = prefix
         if positions is None:
