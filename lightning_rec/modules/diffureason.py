@@ -118,8 +118,8 @@ class DiffuReason(SequentialRecommender):
             taken when GRPO starts (0 disables the copy).
         ppo_epochs: PPO passes over each rollout; above 1 the ratio leaves 1 and the clip engages.
         num_minibatches: optimizer steps per pass (the batch's requests split at random).
-        loss, num_negatives, negative_sampler, gbce_calibration, logit_offset, loss_chunk_size, cloze_mask_prob,
-            learning_rate, weight_decay, warmup_steps, ks, mask_history, pretrained: as
+        loss, num_negatives, negative_sampler, gbce_calibration, logit_offset, loss_chunk_size,
+            cloze_mask_prob, learning_rate, weight_decay, warmup_steps, ks, mask_history, pretrained: as
             :class:`SequentialRecommender` (every next-item loss of the module uses ``loss``).
     """
 

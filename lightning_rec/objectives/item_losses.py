@@ -36,13 +36,13 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 __all__ = [
-    "uninformed_logit",
     "bce_loss",
     "chunked_cross_entropy",
     "gbce_beta",
     "gbce_loss",
     "log_expected_candidate_count",
     "sampled_softmax_loss",
+    "uninformed_logit",
 ]
 
 
@@ -219,8 +219,9 @@ def uninformed_logit(num_negatives: int, beta: float = 1.0) -> float:
     for an uninformed model (``p = 1 / n``, ``alpha = g / (n - 1)``) that is about ``log(beta / g)``.
     A learned offset started there (as a detector's classifier bias starts at the prior) keeps the
     item embeddings from having to learn the common shift themselves: with ``g = 256`` negatives
-    and small tied embeddings, learning that shift collapsed SASRec's inputs on ml-100k
-    (``bench/notes/scale_quality.md``). ``beta`` is :func:`gbce_beta` for gBCE and 1 for BCE.
+    and small tied embeddings, SASRec on ml-100k did not train without it, which is what learning
+    that shift inside the embeddings would explain (``bench/notes/scale_quality.md``). ``beta`` is
+    :func:`gbce_beta` for gBCE and 1 for BCE.
     """
     if num_negatives < 1 or beta <= 0:
         raise ValueError(f"need num_negatives >= 1 and beta > 0, got {num_negatives} and {beta}")
