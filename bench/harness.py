@@ -29,15 +29,22 @@ machine. ``bench/report.py`` turns them into ``docs/benchmarks.md`` and the plot
 Hand-written commentary (what a figure shows and no longer shows) lives in
 ``bench/notes/<name>.md`` and is pasted under the bench's tables by the report.
 
-A bench too long for one sitting (RecBole's SASRec trains about 1.5 h per seed on 2 cores) can run
+A bench too long for one sitting (RecBole's SASRec trains about 1.1 h per seed on 2 cores) can run
 its seeds in several runs, each with ``--first-seed``/``--seeds`` and its own ``--results-dir``, and be
 merged: ``python bench/harness.py merge bench/results/<name>.json run1/<name>.json run2/<name>.json``.
 Every row of a seed still runs in the same process, so each paired difference stays within one run.
+
+A table computed from the rows (e.g. a ratio to the baseline per seed) is not frozen into the first
+run: the script defines ``derive_tables(result) -> list[table]`` and passes it to `Bench`, which
+recomputes it at every write, and `merge_results` recomputes it for the merged seeds by loading that
+function from the script named in the results' command (``python bench/harness.py derive FILE`` does
+the same for one file).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import math
@@ -59,6 +66,7 @@ RESULTS = REPO / "bench" / "results"
 __all__ = [
     "Bench",
     "Trial",
+    "apply_derived_tables",
     "merge_results",
     "paired_interval",
     "summarize",
@@ -195,6 +203,8 @@ class Bench:
             ``{"kind": "curves", "x": ..., "y": ...}`` (per-seed curves from ``extra["curves"]``).
         argv: command-line arguments (default ``sys.argv[1:]``); unknown ones are left to the script
             in ``self.unparsed``.
+        derive_tables: ``result -> [{"title", "columns", "rows"}, ...]``, tables computed from the
+            rows; recomputed at every write (and by `merge_results`), marked ``"derived": True``.
     """
 
     def __init__(
@@ -210,6 +220,7 @@ class Bench:
         seeds: int = 5,
         plot: dict[str, Any] | None = None,
         argv: Sequence[str] | None = None,
+        derive_tables: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
     ) -> None:
         parser = argparse.ArgumentParser(add_help=False)
         parser.add_argument("--seeds", type=int, default=seeds, help="number of seeds (default %(default)s)")
@@ -232,6 +243,7 @@ class Bench:
         self.path: Path = args.results_dir / f"{stem}.json"
         self.tables: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {}
+        self.derive_tables = derive_tables
 
     def add_table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Record a free-form table (e.g. a measurement grid) that the report prints as it is."""
@@ -343,6 +355,8 @@ class Bench:
 
     def _summarize(self, result: dict[str, Any]) -> None:
         summarize_result(result)
+        if self.derive_tables is not None:
+            apply_derived_tables(result, self.derive_tables)
 
     def _write(self, result: dict[str, Any]) -> None:
         from lightning_rec.atomic import atomic_path
@@ -415,6 +429,50 @@ _MUST_AGREE = ("name", "title", "protocol", "budget", "selection", "primary", "h
                "grid", "quick")  # fmt: skip
 
 
+def apply_derived_tables(
+    result: dict[str, Any], derive: Callable[[dict[str, Any]], list[dict[str, Any]]]
+) -> None:
+    """Replace ``result``'s derived tables with ``derive(result)``; tables added by hand stay."""
+    kept = [table for table in result.get("tables", []) if not table.get("derived")]
+    result["tables"] = kept + [{**table, "derived": True} for table in derive(result)]
+
+
+def load_derive_tables(result: dict[str, Any]) -> Callable[[dict[str, Any]], list[dict[str, Any]]] | None:
+    """The ``derive_tables`` function of the bench script that wrote ``result`` (None if it has none).
+
+    The script is the first argument of the recorded command (``python bench/<script>.py ...``),
+    resolved against the repository; only a file inside ``bench/`` is loaded.
+    """
+    words = shlex.split(result.get("command", ""))
+    if len(words) < 2 or not words[1].endswith(".py"):
+        return None
+    script = Path(words[1]) if Path(words[1]).is_absolute() else REPO / words[1]
+    if not script.is_file() or script.resolve().parent != (REPO / "bench").resolve():
+        return None
+    spec = importlib.util.spec_from_file_location(f"_bench_script_{script.stem}", script)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, "derive_tables", None)
+
+
+def rederive(result: dict[str, Any], source: str) -> None:
+    """Recompute ``result``'s derived tables with its script's ``derive_tables``, if it has one.
+
+    Raises ``ValueError`` when ``result`` holds derived tables but its script cannot recompute them,
+    rather than keep tables that no longer match the rows.
+    """
+    derive = load_derive_tables(result)
+    if derive is not None:
+        apply_derived_tables(result, derive)
+    elif any(table.get("derived") for table in result.get("tables", [])):
+        raise ValueError(
+            f"{source}: has derived tables, but no bench/<script>.py with derive_tables() is named in "
+            f"its command {result.get('command')!r}"
+        )
+
+
 def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
     """Merge runs of one bench that ran different seeds (``--first-seed``) into one results file.
 
@@ -474,6 +532,7 @@ def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
         for p, run, gone in zip(paths, runs, dropped, strict=True)
     ]
     summarize_result(merged)
+    rederive(merged, str(paths[0]))
     from lightning_rec.atomic import atomic_path
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -482,13 +541,36 @@ def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
     return merged
 
 
+def rederive_file(path: Path) -> dict[str, Any]:
+    """Recompute the derived tables of one results file in place (e.g. a run stopped mid-way)."""
+    from lightning_rec.atomic import atomic_path
+
+    result = json.loads(path.read_text())
+    derive = load_derive_tables(result)
+    if derive is None:
+        raise ValueError(
+            f"{path}: its command {result.get('command')!r} names no bench script with derive_tables()"
+        )
+    apply_derived_tables(result, derive)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
+    return result
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Merge runs of one bench that ran different seeds.")
-    parser.add_argument("command", choices=["merge"])
-    parser.add_argument("out", type=Path, help="the merged results file, e.g. bench/results/<name>.json")
-    parser.add_argument(
+    parser = argparse.ArgumentParser(description="Merge runs of one bench, or recompute derived tables.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser("merge", help="merge runs of one bench that ran different seeds")
+    merge.add_argument("out", type=Path, help="the merged results file, e.g. bench/results/<name>.json")
+    merge.add_argument(
         "inputs", type=Path, nargs="+", help="results files of the runs (--results-dir of each)"
     )
+    derive = commands.add_parser("derive", help="recompute a results file's derived tables in place")
+    derive.add_argument("path", type=Path)
     arguments = parser.parse_args()
-    merge_results(arguments.inputs, arguments.out)
-    print(f"merged {len(arguments.inputs)} runs into {arguments.out}")
+    if arguments.command == "merge":
+        merge_results(arguments.inputs, arguments.out)
+        print(f"merged {len(arguments.inputs)} runs into {arguments.out}")
+    else:
+        rederive_file(arguments.path)
+        print(f"recomputed the derived tables of {arguments.path}")

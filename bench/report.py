@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -287,7 +288,7 @@ def plot_bench(result: dict[str, Any], out: Path) -> bool:
         return False
     if kind != "seeds":
         ax.legend(fontsize=8)
-    ax.set_title(result["title"], fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(result["title"], 80)), fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

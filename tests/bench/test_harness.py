@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,56 @@ def test_merge_drops_the_seed_a_stopped_run_left_half_done(tmp_path: Path) -> No
     assert paired == pytest.approx(whole["rows"]["method"]["paired"]["score"])
     with pytest.raises(ValueError, match="seed 0 is in both"):
         merge_results([tmp_path / "a" / "toy.json", tmp_path / "whole" / "toy.json"], tmp_path / "x.json")
+
+
+TOY_SCRIPT = """
+def derive_tables(result):
+    rows = result["rows"]
+    base = {run["seed"]: run["test"]["score"] for run in rows["base"]["per_seed"]}
+    gaps = [run["test"]["score"] - base[run["seed"]] for run in rows["method"]["per_seed"]]
+    return [{"title": "gap", "columns": ["seeds", "sum of gaps"], "rows": [[len(gaps), sum(gaps)]]}]
+"""
+
+
+def test_derived_tables_are_recomputed_at_every_write_and_after_a_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "toy_bench.py").write_text(textwrap.dedent(TOY_SCRIPT))
+    monkeypatch.setattr(harness, "REPO", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["bench/toy_bench.py"])  # the script the JSON's command names
+    derive = harness.load_derive_tables({"command": "python bench/toy_bench.py --seeds 2"})
+    assert derive is not None
+
+    def run(directory: str, first: int) -> dict:
+        argv = ["--first-seed", str(first), "--seeds", "2", "--results-dir", str(tmp_path / directory)]
+        bench = Bench(name="toy", title="toy", protocol="toy", budget="one call", selection="validation",
+                      primary="score", baseline="base", argv=argv, derive_tables=derive)  # fmt: skip
+        bench.add_table("by hand", ["x"], [[1]])
+        return bench.run(rows={"base": {"level": 0.1}, "method": {"level": 0.2}}, trial=_seeded_trial)
+
+    def gap(seed: int) -> float:  # _seeded_trial's method minus base, by hand
+        return 0.1 + 0.01 * ((seed * 7919) % 13) - 0.002 * seed
+
+    first = run("a", 0)
+    run("b", 2)
+    assert first["tables"][0] == {"title": "by hand", "columns": ["x"], "rows": [[1]]}
+    assert first["tables"][1]["derived"] and first["tables"][1]["rows"][0][0] == 2
+    assert first["tables"][1]["rows"][0][1] == pytest.approx(gap(0) + gap(1))
+    merged = merge_results([tmp_path / "a" / "toy.json", tmp_path / "b" / "toy.json"], tmp_path / "toy.json")
+    assert [t["title"] for t in merged["tables"]] == ["by hand", "gap"]
+    assert merged["tables"][1]["rows"][0][0] == 4
+    assert merged["tables"][1]["rows"][0][1] == pytest.approx(sum(gap(s) for s in range(4)))
+
+
+def test_merge_refuses_derived_tables_it_cannot_recompute(tmp_path: Path) -> None:
+    for directory, first in (("a", 0), ("b", 2)):
+        _seeded_run(tmp_path / directory, first, 2)
+        path = tmp_path / directory / "toy.json"
+        result = json.loads(path.read_text())
+        result["tables"] = [{"title": "stale", "columns": ["n"], "rows": [[2]], "derived": True}]
+        path.write_text(json.dumps(result))
+    with pytest.raises(ValueError, match="derived tables"):
+        merge_results([tmp_path / "a" / "toy.json", tmp_path / "b" / "toy.json"], tmp_path / "out.json")
