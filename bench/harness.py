@@ -359,11 +359,7 @@ class Bench:
             apply_derived_tables(result, self.derive_tables)
 
     def _write(self, result: dict[str, Any]) -> None:
-        from lightning_rec.atomic import atomic_path
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
+        write_result(self.path, result)
 
     def print_table(self, result: dict[str, Any]) -> None:
         """Print mean +- std of the test metrics per row and the paired differences."""
@@ -427,6 +423,15 @@ def _jsonable(value: Any) -> Any:
 
 _MUST_AGREE = ("name", "title", "protocol", "budget", "selection", "primary", "higher_is_better", "baseline",
                "grid", "quick")  # fmt: skip
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write a results dictionary as JSON, atomically (a reader never sees half a file)."""
+    from lightning_rec.atomic import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
 
 
 def apply_derived_tables(
@@ -533,18 +538,12 @@ def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
     ]
     summarize_result(merged)
     rederive(merged, str(paths[0]))
-    from lightning_rec.atomic import atomic_path
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(merged, indent=1, default=_jsonable) + "\n")
+    write_result(out, merged)
     return merged
 
 
 def rederive_file(path: Path) -> dict[str, Any]:
     """Recompute the derived tables of one results file in place (e.g. a run stopped mid-way)."""
-    from lightning_rec.atomic import atomic_path
-
     result = json.loads(path.read_text())
     derive = load_derive_tables(result)
     if derive is None:
@@ -552,8 +551,7 @@ def rederive_file(path: Path) -> dict[str, Any]:
             f"{path}: its command {result.get('command')!r} names no bench script with derive_tables()"
         )
     apply_derived_tables(result, derive)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
+    write_result(path, result)
     return result
 
 
