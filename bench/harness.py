@@ -483,8 +483,10 @@ def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
 
     A seed's rows always run in the same process, so every paired difference still compares rows of
     the same run; only different seeds may come from different runs (each run's command, commit and
-    machine are kept under ``merged_from``). A seed that a run stopped in the middle of (present for
-    some rows only) is left out, and listed there. Raises ``ValueError`` when the runs differ in anything
+    machine are kept under ``merged_from``; a merged file merged again contributes its own sources).
+    A seed that a run stopped in the middle of (present for some rows only) is left out, and listed
+    there. ``seeds_planned`` is every seed some run set out to do; the merge is ``complete`` when all
+    of them were delivered whole. Raises ``ValueError`` when the runs differ in anything
     fixed before a run (protocol, budget, selection, grid, rows and their parameters) or share a seed.
     """
     if len(paths) < 2:
@@ -509,11 +511,13 @@ def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
     merged["rows"] = {name: {"params": row["params"], "per_seed": []} for name, row in first["rows"].items()}
     seen: dict[int, str] = {}
     dropped: list[list[int]] = []
+    delivered: list[list[int]] = []
     for path, run in zip(paths, runs, strict=True):
         # A run stopped mid-seed has that seed for some rows only: its trials are dropped (unpaired).
         by_row = [{r["seed"] for r in row["per_seed"]} for row in run["rows"].values()]
         complete = set.intersection(*by_row) if by_row else set()
         dropped.append(sorted(set.union(*by_row) - complete) if by_row else [])
+        delivered.append(sorted(complete))
         for seed in sorted(complete):
             if seed in seen:
                 raise ValueError(f"seed {seed} is in both {seen[seed]} and {path}")
@@ -523,19 +527,24 @@ def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
     for row in merged["rows"].values():
         row["per_seed"].sort(key=lambda r: r["seed"])
     merged["seeds"] = sorted(seen)
-    # Complete when every seed some run set out to do was delivered whole by one of them.
-    merged["complete"] = {seed for run in runs for seed in run["seeds"]} <= set(seen)
-    merged["merged_from"] = [
-        {
-            "path": str(p),
-            **{
-                k: run.get(k)
-                for k in ("command", "git_commit", "git_dirty", "started", "finished", "seeds", "machine")
-            },
-        }
-        | {"dropped_incomplete_seeds": gone}
-        for p, run, gone in zip(paths, runs, dropped, strict=True)
-    ]
+    # Complete when every seed some run set out to do (a merged file keeps its plan) was delivered whole.
+    planned = {seed for run in runs for seed in run.get("seeds_planned", run["seeds"])}
+    merged["seeds_planned"] = sorted(planned)
+    merged["complete"] = planned <= set(seen)
+    merged["merged_from"] = []
+    for p, run, gone, kept in zip(paths, runs, dropped, delivered, strict=True):
+        if "merged_from" in run:  # merging a merged file again: keep its sources, not the merge itself
+            merged["merged_from"] += run["merged_from"]
+            continue
+        keys = ("command", "git_commit", "git_dirty", "started", "finished", "seeds", "machine")
+        merged["merged_from"].append(
+            {
+                "path": str(p),
+                **{k: run.get(k) for k in keys},
+                "seeds_delivered": kept,
+                "dropped_incomplete_seeds": gone,
+            }
+        )
     summarize_result(merged)
     rederive(merged, str(paths[0]))
     write_result(out, merged)

@@ -132,6 +132,13 @@ def _verdict(diff: dict[str, Any], metric: str, result: dict[str, Any]) -> str:
     return "better" if (diff["mean"] > 0) == result.get("higher_is_better", True) else "worse"
 
 
+def _run_line(run: dict[str, Any]) -> str:
+    """A run's command, commit and start time, for the header of its table."""
+    commit = (run.get("git_commit") or "?")[:10]
+    dirty = ", uncommitted changes" if run.get("git_dirty") else ""
+    return f"`{run.get('command', '?')}` (commit `{commit}`{dirty}; {run.get('started', '?')})"
+
+
 def render_bench(result: dict[str, Any], image: str | None) -> str:
     """The markdown section of one bench."""
     lines = [f"## {result['title']}", ""]
@@ -141,13 +148,20 @@ def render_bench(result: dict[str, Any], image: str | None) -> str:
         flags.append(f"**Quick run (`--quick`): {what}.**")
     if not result.get("complete"):
         done = min((len(r["per_seed"]) for r in result["rows"].values()), default=0)
-        flags.append(f"**Partial: the run stopped after {done} of {len(result['seeds'])} seeds.**")
+        planned = len(result.get("seeds_planned", result["seeds"]))
+        flags.append(f"**Partial: {done} of {planned} planned seeds so far.**")
     if flags:
         lines += [" ".join(flags), ""]
     machine = result.get("machine", {})
+    if "merged_from" in result:  # seeds gathered over several runs (``harness.py merge``)
+        lines.append("- Runs merged (`python bench/harness.py merge`), each seed's rows from one run:")
+        lines += [
+            f"  - seeds {run.get('seeds_delivered', run.get('seeds'))}: {_run_line(run)}"
+            for run in result["merged_from"]
+        ]
+    else:
+        lines.append(f"- Command: {_run_line(result)}")
     lines += [
-        f"- Command: `{result.get('command', '?')}` (commit `{result.get('git_commit', '?')[:10]}`"
-        f"{', uncommitted changes' if result.get('git_dirty') else ''}; {result.get('started', '?')})",
         f"- Machine: {machine.get('processor', '?')}, {machine.get('cpu_count', '?')} CPUs, "
         f"torch threads {machine.get('torch_threads', '?')}",
         f"- Protocol: {result['protocol']}",

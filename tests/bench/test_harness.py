@@ -163,6 +163,33 @@ def test_merge_drops_the_seed_a_stopped_run_left_half_done(tmp_path: Path) -> No
         merge_results([tmp_path / "a" / "toy.json", tmp_path / "whole" / "toy.json"], tmp_path / "x.json")
 
 
+def test_a_merge_keeps_the_seed_plan_and_its_sources_when_merged_again(tmp_path: Path) -> None:
+    """Seeds 0..3 planned in one run that stopped after seed 0, then gathered one run at a time."""
+    _seeded_run(tmp_path / "a", 0, 4)
+    stopped = json.loads((tmp_path / "a" / "toy.json").read_text())
+    for row in stopped["rows"].values():
+        row["per_seed"] = [r for r in row["per_seed"] if r["seed"] == 0]
+    stopped["complete"] = False
+    (tmp_path / "a" / "toy.json").write_text(json.dumps(stopped))
+    for first in (1, 2, 3):
+        _seeded_run(tmp_path / f"s{first}", first, 1)
+    out = tmp_path / "toy.json"
+    merged = merge_results([tmp_path / "a" / "toy.json", tmp_path / "s1" / "toy.json"], out)
+    assert merged["seeds"] == [0, 1] and merged["seeds_planned"] == [0, 1, 2, 3] and not merged["complete"]
+    merged = merge_results([out, tmp_path / "s2" / "toy.json"], out)  # the merged file, merged again
+    assert merged["seeds"] == [0, 1, 2] and not merged["complete"]
+    merged = merge_results([out, tmp_path / "s3" / "toy.json"], out)
+    assert merged["seeds"] == [0, 1, 2, 3] and merged["complete"]
+    assert [run["seeds_delivered"] for run in merged["merged_from"]] == [[0], [1], [2], [3]]
+    assert [run["path"] for run in merged["merged_from"]][1:] == [
+        str(tmp_path / f"s{k}" / "toy.json") for k in (1, 2, 3)
+    ]
+    whole = _seeded_run(tmp_path / "whole", 0, 4)
+    assert merged["rows"]["method"]["paired"]["score"] == pytest.approx(
+        whole["rows"]["method"]["paired"]["score"]
+    )
+
+
 TOY_SCRIPT = """
 def derive_tables(result):
     rows = result["rows"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import report
-from harness import Bench, Trial
+from harness import Bench, Trial, merge_results
 
 
 def test_report_renders_tables_paired_verdicts_and_a_plot(tmp_path: Path) -> None:
@@ -45,3 +46,44 @@ def test_report_renders_tables_paired_verdicts_and_a_plot(tmp_path: Path) -> Non
     assert "| 1,000 | 2.0000 |" in text
     assert (docs / "img" / "toy.png").stat().st_size > 1000
     assert "![Toy bench](img/toy.png)" in text
+
+
+def test_report_of_a_partial_merge_names_the_plan_and_every_run(tmp_path: Path) -> None:
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    for first in (0, 1):
+        Bench(
+            name="toy",
+            title="Toy bench",
+            protocol="p",
+            budget="b",
+            selection="validation score",
+            primary="score",
+            baseline="base",
+            argv=[
+                "--first-seed",
+                str(first),
+                "--seeds",
+                "1" if first else "4",
+                "--results-dir",
+                str(tmp_path / str(first)),
+            ],
+        ).run(
+            rows={"base": {}, "other": {}},
+            trial=lambda row, params, seed: Trial(valid={"score": 0.5}, test=lambda: {"score": 0.5 + seed}),
+        )
+    stopped = tmp_path / "0" / "toy.json"
+    result = json.loads(stopped.read_text())
+    for row in result["rows"].values():
+        row["per_seed"] = [r for r in row["per_seed"] if r["seed"] == 0]
+    result["complete"] = False
+    stopped.write_text(json.dumps(result))
+    results.mkdir()
+    merge_results([stopped, tmp_path / "1" / "toy.json"], results / "toy.json")
+    sys_argv, sys.argv = sys.argv, ["report.py", "--results", str(results), "--docs", str(docs)]
+    try:
+        report.main()
+    finally:
+        sys.argv = sys_argv
+    text = (docs / "benchmarks.md").read_text()
+    assert "**Partial: 2 of 4 planned seeds so far.**" in text
+    assert "  - seeds [0]: `" in text and "  - seeds [1]: `" in text
