@@ -29,9 +29,10 @@ machine. ``bench/report.py`` turns them into ``docs/benchmarks.md`` and the plot
 Hand-written commentary (what a figure shows and no longer shows) lives in
 ``bench/notes/<name>.md`` and is pasted under the bench's tables by the report.
 
-A bench too long for one sitting (RecBole's SASRec trains about 1.1 h per seed on 2 cores) can run
+A bench too long for one sitting (RecBole's SASRec trains 1 to 2 h per seed on 2 cores) can run
 its seeds in several runs, each with ``--first-seed``/``--seeds`` and its own ``--results-dir``, and be
 merged: ``python bench/harness.py merge bench/results/<name>.json run1/<name>.json run2/<name>.json``.
+A merged file can be merged again with the next run: it keeps the seeds planned and every source run.
 Every row of a seed still runs in the same process, so each paired difference stays within one run.
 
 A table computed from the rows (e.g. a ratio to the baseline per seed) is not frozen into the first

@@ -21,10 +21,9 @@ Run from the repository root:
 RecBole runs in ``.venv-recbole`` (``bench/recbole_env.py``) and RePlay in ``.venv-replay``
 (``bench/replay_env.py``): both need stacks that the project's environment must not have. Trained to
 its early stop, RecBole takes 1 to 2 h per seed at ``--threads 2`` (seed 0: 20 epochs, 66 min;
-seed 1: 40 epochs, 127 min).
-``--quick`` runs RecBole for 2 epochs per seed to measure its epoch time in this run and takes its
-converged quality and best epoch from the reference in ``shared/specs/data.md`` (labelled
-"reference" in the output and the JSON).
+seed 1: 40 epochs, 127 min). ``--quick`` runs RecBole for 2 epochs per seed to measure its epoch time
+in this run and takes its converged quality and best epoch from the reference in
+``shared/specs/data.md`` (labelled "reference" in the output and the JSON).
 """
 
 from __future__ import annotations
