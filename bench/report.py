@@ -26,6 +26,7 @@ DOCS = REPO / "docs"
 # Order of sections in docs/benchmarks.md; benches not listed follow in name order.
 ORDER = [
     "sasrec_vs_peers",
+    "sasrec_recipe",
     "scale_cost",
     "scale_quality",
     "scale_quality_offset",

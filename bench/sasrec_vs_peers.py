@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +127,11 @@ def aligned_ml100k(root: Path) -> Path:
     return root
 
 
-def run_ours(seed: int, workdir: Path) -> Trial:
-    """``configs/sasrec/ml-100k.yaml`` exactly as written (seed and output folder aside)."""
+def run_ours(seed: int, workdir: Path, overrides: Sequence[str] = ()) -> Trial:
+    """``configs/sasrec/ml-100k.yaml`` exactly as written (seed and output folder aside).
+
+    ``overrides``: extra command-line arguments after the config (e.g. ``["--data.init_args.batch_size",
+    "128"]``), for recipe studies (``bench/sasrec_recipe.py``); this bench passes none."""
     cli = LightningRecCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -145,6 +149,7 @@ def run_ours(seed: int, workdir: Path) -> Trial:
             "false",
             "--trainer.default_root_dir",
             str(workdir),
+            *overrides,
         ],
     )
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
