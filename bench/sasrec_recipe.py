@@ -21,20 +21,17 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from harness import Bench, Trial, paired_interval  # noqa: E402
-from sasrec_vs_peers import MAX_EPOCHS, PATIENCE, run_ours  # noqa: E402
+from sasrec_vs_peers import MAX_EPOCHS, PATIENCE, VALID_CURVES_PLOT, run_ours, set_threads  # noqa: E402
 
 SHIPPED = "shipped (batch 32)"
 CANDIDATE = "batch 128, train_stride 10"
@@ -102,21 +99,10 @@ def main() -> None:
         "interval of (candidate - shipped) validation NDCG@10 lies above 0 (rule fixed before the run)",
         primary="ndcg@10",
         baseline=SHIPPED,
-        plot={
-            "kind": "curves",
-            "x": "wall_s",
-            "y": "valid_ndcg@10",
-            "xlabel": "wall time (s)",
-            "ylabel": "validation NDCG@10 (unmasked)",
-            "logx": True,
-        },
+        plot=VALID_CURVES_PLOT,
         derive_tables=derive_tables,
     )
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads of every row")
-    threads = parser.parse_args(bench.unparsed).threads
-    torch.set_num_threads(threads)
-    bench.info["threads_per_row"] = threads
+    set_threads(bench)
 
     def trial(row: str, params: dict[str, Any], seed: int) -> Trial:
         workdir = Path(tempfile.mkdtemp(prefix=f"sasrec-recipe-{seed}-"))

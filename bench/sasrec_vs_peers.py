@@ -58,6 +58,15 @@ RECBOLE_REFERENCE = {  # RecBole 1.2.1 SASRec, same protocol, trained to converg
     "test": {"recall@10": 0.1400, "ndcg@10": 0.0637, "mrr@10": 0.0409},
 }
 MAX_EPOCHS, PATIENCE = 200, 12
+#: the report's plot of these benches: per-seed validation NDCG@10 against wall time.
+VALID_CURVES_PLOT = {
+    "kind": "curves",
+    "x": "wall_s",
+    "y": "valid_ndcg@10",
+    "xlabel": "wall time (s)",
+    "ylabel": "validation NDCG@10 (unmasked)",
+    "logx": True,
+}
 
 
 class EpochClock(L.Callback):
@@ -313,6 +322,16 @@ def derive_tables(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def set_threads(bench: Bench) -> int:
+    """Read ``--threads`` from the bench's leftover arguments, apply it to torch, record it."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads of every row")
+    threads = parser.parse_args(bench.unparsed).threads
+    torch.set_num_threads(threads)
+    bench.info["threads_per_row"] = threads
+    return threads
+
+
 def main() -> None:
     bench = Bench(
         name="sasrec_vs_peers",
@@ -329,21 +348,10 @@ def main() -> None:
         selection="checkpoint of best validation NDCG@10",
         primary="ndcg@10",
         baseline="RecBole 1.2.1",
-        plot={
-            "kind": "curves",
-            "x": "wall_s",
-            "y": "valid_ndcg@10",
-            "xlabel": "wall time (s)",
-            "ylabel": "validation NDCG@10 (unmasked)",
-            "logx": True,
-        },
+        plot=VALID_CURVES_PLOT,
         derive_tables=derive_tables,
     )
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads of every row")
-    threads = parser.parse_args(bench.unparsed).threads
-    torch.set_num_threads(threads)
-    bench.info["threads_per_row"] = threads
+    threads = set_threads(bench)
     bench.info["quick" if bench.quick else "recbole"] = (
         "2 epochs measured per seed; quality and best epoch = data.md reference"
         if bench.quick
