@@ -24,6 +24,14 @@ its early stop, RecBole takes 1 to 2 h per seed at ``--threads 2`` (seed 0: 20 e
 seed 1: 40 epochs, 127 min). ``--quick`` runs RecBole for 2 epochs per seed to measure its epoch time
 in this run and takes its converged quality and best epoch from the reference in
 ``shared/specs/data.md`` (labelled "reference" in the output and the JSON).
+
+A seed can outlast a sitting (seed 2: RecBole alone about 3 h). With ``--state-dir DIR`` RecBole's
+runner snapshots its training at every epoch start (``bench/resume.py``); after an interruption the
+same command continues RecBole from its last epoch with the curve of an uninterrupted run, and its
+times are the sum of the epochs that completed; a RecBole run that already finished is reused
+(``finished_earlier`` in its row's JSON). Ours and RePlay (minutes each) simply run again::
+
+    .venv/bin/python bench/sasrec_vs_peers.py --first-seed 2 --seeds 1 --threads 2 --state-dir runs/s2-state
 """
 
 from __future__ import annotations
@@ -195,7 +203,15 @@ def run_ours(seed: int, workdir: Path, overrides: Sequence[str] = ()) -> Trial:
     )
 
 
-def _runner(python: Path, script: str, seed: int, epochs: int, workdir: Path, threads: int) -> dict[str, Any]:
+def _runner(
+    python: Path,
+    script: str,
+    seed: int,
+    epochs: int,
+    workdir: Path,
+    threads: int,
+    extra_args: Sequence[str] = (),
+) -> dict[str, Any]:
     out = workdir / f"{script}.json"
     command = [
         str(python),
@@ -208,6 +224,7 @@ def _runner(python: Path, script: str, seed: int, epochs: int, workdir: Path, th
         str(aligned_ml100k(workdir / "data")),
         "--out",
         str(out),
+        *extra_args,
     ]
     env = {"OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"}
     subprocess.run(command, check=True, env=env, cwd=workdir)
@@ -226,9 +243,13 @@ def _peer_extra(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_recbole(seed: int, workdir: Path, quick: bool, threads: int) -> Trial:
+def run_recbole(seed: int, workdir: Path, quick: bool, threads: int, state_dir: Path | None = None) -> Trial:
+    """RecBole's SASRec through its runner; with ``state_dir``, resumable across interruptions."""
     epochs = 2 if quick else MAX_EPOCHS
-    result = _runner(ensure_recbole_venv(), "recbole_sasrec_runner", 2020 + seed, epochs, workdir, threads)
+    resume = ("--state-dir", str(state_dir / f"recbole-seed{seed}")) if state_dir is not None else ()
+    result = _runner(
+        ensure_recbole_venv(), "recbole_sasrec_runner", 2020 + seed, epochs, workdir, threads, resume
+    )
     timing = _peer_extra(result)
     elapsed, elapsed_cpu = timing.pop("elapsed"), timing.pop("elapsed_cpu")
     if quick:
@@ -252,6 +273,9 @@ def run_recbole(seed: int, workdir: Path, quick: bool, threads: int) -> Trial:
         "quality": "measured",
         **_converge(elapsed, elapsed_cpu, result["valid_ndcg@10"]),
         "curves": {"wall_s": elapsed, "cpu_s": elapsed_cpu, "valid_ndcg@10": result["valid_ndcg@10"]},
+        # completed epochs at each resume (empty: one sitting); times sum the completed epochs
+        "resumed_at_epochs": result.get("resumed_at_epochs", []),
+        "finished_earlier": result.get("finished_earlier", False),  # reused from --state-dir
     }
     return Trial(valid={"ndcg@10": result["best_valid_ndcg@10"]}, test=lambda: result["test"], extra=extra)
 
@@ -351,6 +375,16 @@ def main() -> None:
         plot=VALID_CURVES_PLOT,
         derive_tables=derive_tables,
     )
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="keep RecBole's resume snapshots here: run the same command again after an interruption "
+        "and RecBole continues from its last epoch (ours and RePlay, minutes each, run again)",
+    )
+    options, bench.unparsed = parser.parse_known_args(bench.unparsed)
+    state_dir = options.state_dir.absolute() if options.state_dir else None
     threads = set_threads(bench)
     bench.info["quick" if bench.quick else "recbole"] = (
         "2 epochs measured per seed; quality and best epoch = data.md reference"
@@ -366,7 +400,7 @@ def main() -> None:
         if params["peer"] == "ours":
             return run_ours(seed, workdir)
         if params["peer"] == "recbole":
-            return run_recbole(seed, workdir, bench.quick, threads)
+            return run_recbole(seed, workdir, bench.quick, threads, state_dir)
         return run_replay(seed, workdir, threads)
 
     bench.run(

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from sasrec_recipe import CANDIDATE, SHIPPED, derive_tables
+from sasrec_recipe import CANDIDATE, PREVIOUS, derive_tables
 
 
 def _run(seed: int, valid: float, seconds: float) -> dict:
@@ -23,11 +23,11 @@ def _run(seed: int, valid: float, seconds: float) -> dict:
 
 def test_the_decision_table_pairs_seeds_and_matches_a_hand_computation() -> None:
     candidate = [0.30, 0.35, 0.28, 0.40, 0.33]
-    shipped = [0.25, 0.30, 0.29, 0.31, 0.30]
+    previous = [0.25, 0.30, 0.29, 0.31, 0.30]
     result = {
         "rows": {
-            SHIPPED: {"per_seed": [_run(s, v, 100.0) for s, v in enumerate(shipped)]},
-            # stored in another seed order, and with a sixth seed the shipped row lacks
+            PREVIOUS: {"per_seed": [_run(s, v, 100.0) for s, v in enumerate(previous)]},
+            # stored in another seed order, and with a sixth seed the previous row lacks
             CANDIDATE: {
                 "per_seed": [_run(s, candidate[s], 100.0 + 10 * s) for s in (4, 2, 0, 3, 1)]
                 + [_run(5, 0.9, 1.0)]
@@ -48,5 +48,5 @@ def test_the_decision_table_pairs_seeds_and_matches_a_hand_computation() -> None
 
 
 def test_no_table_until_both_rows_share_a_seed() -> None:
-    result = {"rows": {SHIPPED: {"per_seed": [_run(0, 0.06, 60.0)]}, CANDIDATE: {"per_seed": []}}}
+    result = {"rows": {PREVIOUS: {"per_seed": [_run(0, 0.06, 60.0)]}, CANDIDATE: {"per_seed": []}}}
     assert derive_tables(result) == []
