@@ -20,7 +20,7 @@ Run from the repository root:
 
 RecBole runs in ``.venv-recbole`` (``bench/recbole_env.py``) and RePlay in ``.venv-replay``
 (``bench/replay_env.py``): both need stacks that the project's environment must not have. Trained to
-its early stop, RecBole takes 1 to 2 h per seed at ``--threads 2`` (seed 0: 20 epochs, 66 min;
+its early stop, RecBole takes 1 to 3 h per seed at ``--threads 2`` (seed 0: 20 epochs, 66 min;
 seed 1: 40 epochs, 127 min). ``--quick`` runs RecBole for 2 epochs per seed to measure its epoch time
 in this run and takes its converged quality and best epoch from the reference in
 ``shared/specs/data.md`` (labelled "reference" in the output and the JSON).
@@ -31,7 +31,7 @@ same command continues RecBole from its last epoch with the curve of an uninterr
 times are the sum of the epochs that completed; a RecBole run that already finished is reused
 (``finished_earlier`` in its row's JSON). Ours and RePlay (minutes each) simply run again::
 
-    .venv/bin/python bench/sasrec_vs_peers.py --first-seed 2 --seeds 1 --threads 2 --state-dir runs/s2-state
+    .venv/bin/python bench/sasrec_vs_peers.py --first-seed 2 --seeds 1 --threads 2 --state-dir runs/state
 """
 
 from __future__ import annotations
