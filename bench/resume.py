@@ -27,9 +27,9 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -69,6 +69,17 @@ def restore_rng(state: dict[str, Any], generators: Sequence[torch.Generator] = (
     torch.set_rng_state(state["torch"])
     for generator, saved in zip(generators, state["generators"], strict=True):
         generator.set_state(saved)
+
+
+def _write_atomically(target: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write`` into ``<target>.partial``, flush it to disk, then rename it over ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with open(partial, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, target)
 
 
 class EpochSnapshot:
@@ -112,13 +123,7 @@ class EpochSnapshot:
         """Write ``state`` (with ``"epoch"``) atomically: a kill leaves the old or the new file."""
         if "epoch" not in state:
             raise ValueError("EpochSnapshot.save: the state needs 'epoch', the epoch about to run")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".partial")
-        with open(partial, "wb") as handle:
-            torch.save({"key": self.key, "state": state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, self.path)
+        _write_atomically(self.path, lambda handle: torch.save({"key": self.key, "state": state}, handle))
 
     @property
     def result_path(self) -> Path:
@@ -127,10 +132,8 @@ class EpochSnapshot:
 
     def save_result(self, result: dict[str, Any]) -> None:
         """Record the finished run's ``result`` (JSON-serialisable), atomically, under the key."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.result_path.with_name(self.result_path.name + ".partial")
-        partial.write_text(json.dumps({"key": self.key, "result": result}, indent=1) + "\n", encoding="utf-8")
-        os.replace(partial, self.result_path)
+        text = json.dumps({"key": self.key, "result": result}, indent=1) + "\n"
+        _write_atomically(self.result_path, lambda handle: handle.write(text.encode("utf-8")))
 
     def load_result(self) -> dict[str, Any] | None:
         """The finished run's result, or ``None`` if it has not finished under this key."""
