@@ -29,10 +29,13 @@ machine. ``bench/report.py`` turns them into ``docs/benchmarks.md`` and the plot
 Hand-written commentary (what a figure shows and no longer shows) lives in
 ``bench/notes/<name>.md`` and is pasted under the bench's tables by the report.
 
-A bench too long for one sitting (RecBole's SASRec trains 1 to 2 h per seed on 2 cores) can run
+A bench too long for one sitting (RecBole's SASRec trains 1 to 3 h per seed on 2 cores) can run
 its seeds in several runs, each with ``--first-seed``/``--seeds`` and its own ``--results-dir``, and be
 merged: ``python bench/harness.py merge bench/results/<name>.json run1/<name>.json run2/<name>.json``.
 A merged file can be merged again with the next run: it keeps the seeds planned and every source run.
+Runs of one seed each plan only their own seed, so the first merge declares the whole plan
+(``merge --seeds-planned 0 1 2 3 4 ...``, one input file is then enough) and the table reads
+"partial" until every planned seed is in.
 Every row of a seed still runs in the same process, so each paired difference stays within one run.
 
 A table computed from the rows (e.g. a ratio to the baseline per seed) is not frozen into the first
@@ -479,19 +482,24 @@ def rederive(result: dict[str, Any], source: str) -> None:
         )
 
 
-def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
+def merge_results(paths: Sequence[Path], out: Path, seeds_planned: Sequence[int] = ()) -> dict[str, Any]:
     """Merge runs of one bench that ran different seeds (``--first-seed``) into one results file.
 
     A seed's rows always run in the same process, so every paired difference still compares rows of
     the same run; only different seeds may come from different runs (each run's command, commit and
     machine are kept under ``merged_from``; a merged file merged again contributes its own sources).
     A seed that a run stopped in the middle of (present for some rows only) is left out, and listed
-    there. ``seeds_planned`` is every seed some run set out to do; the merge is ``complete`` when all
-    of them were delivered whole. Raises ``ValueError`` when the runs differ in anything
-    fixed before a run (protocol, budget, selection, grid, rows and their parameters) or share a seed.
+    there. ``seeds_planned`` is every seed some run set out to do, plus the ``seeds_planned`` argument
+    (a table gathered one seed per run, ``--first-seed K --seeds 1``, declares its whole plan here:
+    each such run plans only its own seed); the merge is ``complete`` when all of them were delivered
+    whole. One file is enough when ``seeds_planned`` is given (a plan's first seed). Raises
+    ``ValueError`` when the runs differ in anything fixed before a run (protocol, budget, selection,
+    grid, rows and their parameters) or share a seed.
     """
-    if len(paths) < 2:
-        raise ValueError(f"merge needs at least two results files, got {len(paths)}")
+    if len(paths) < (1 if seeds_planned else 2):
+        raise ValueError(
+            f"merge needs at least two results files (or one with seeds_planned), got {len(paths)}"
+        )
     runs = [json.loads(Path(p).read_text()) for p in paths]
     first = runs[0]
     for path, run in zip(paths[1:], runs[1:], strict=True):
@@ -529,7 +537,7 @@ def merge_results(paths: Sequence[Path], out: Path) -> dict[str, Any]:
         row["per_seed"].sort(key=lambda r: r["seed"])
     merged["seeds"] = sorted(seen)
     # Complete when every seed some run set out to do (a merged file keeps its plan) was delivered whole.
-    planned = {seed for run in runs for seed in run.get("seeds_planned", run["seeds"])}
+    planned = {seed for run in runs for seed in run.get("seeds_planned", run["seeds"])} | set(seeds_planned)
     merged["seeds_planned"] = sorted(planned)
     merged["complete"] = planned <= set(seen)
     merged["merged_from"] = []
@@ -573,11 +581,20 @@ if __name__ == "__main__":
     merge.add_argument(
         "inputs", type=Path, nargs="+", help="results files of the runs (--results-dir of each)"
     )
+    merge.add_argument(
+        "--seeds-planned",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="SEED",
+        help="every seed the table is to have, when its runs were one seed each (e.g. 0 1 2 3 4); "
+        "the merged file says how many are still missing",
+    )
     derive = commands.add_parser("derive", help="recompute a results file's derived tables in place")
     derive.add_argument("path", type=Path)
     arguments = parser.parse_args()
     if arguments.command == "merge":
-        merge_results(arguments.inputs, arguments.out)
+        merge_results(arguments.inputs, arguments.out, arguments.seeds_planned)
         print(f"merged {len(arguments.inputs)} runs into {arguments.out}")
     else:
         rederive_file(arguments.path)

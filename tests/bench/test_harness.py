@@ -190,6 +190,25 @@ def test_a_merge_keeps_the_seed_plan_and_its_sources_when_merged_again(tmp_path:
     )
 
 
+def test_one_seed_per_run_declares_its_plan_at_the_merge(tmp_path: Path) -> None:
+    """Runs of one seed each plan only their own seed: the merge's seeds_planned keeps it partial."""
+    for first in (0, 1, 2):
+        _seeded_run(tmp_path / f"s{first}", first, 1)
+    out = tmp_path / "toy.json"
+    with pytest.raises(ValueError, match="at least two results files"):
+        merge_results([tmp_path / "s0" / "toy.json"], out)
+    merged = merge_results([tmp_path / "s0" / "toy.json"], out, seeds_planned=range(3))
+    assert merged["seeds"] == [0] and merged["seeds_planned"] == [0, 1, 2] and not merged["complete"]
+    merged = merge_results([out, tmp_path / "s1" / "toy.json"], out)  # the plan travels with the file
+    assert merged["seeds"] == [0, 1] and merged["seeds_planned"] == [0, 1, 2] and not merged["complete"]
+    merged = merge_results([out, tmp_path / "s2" / "toy.json"], out)
+    assert merged["seeds"] == [0, 1, 2] and merged["complete"]
+    whole = _seeded_run(tmp_path / "whole", 0, 3)
+    assert merged["rows"]["method"]["paired"]["score"] == pytest.approx(
+        whole["rows"]["method"]["paired"]["score"]
+    )
+
+
 TOY_SCRIPT = """
 def derive_tables(result):
     rows = result["rows"]
