@@ -183,8 +183,12 @@ def quality_trial(row: str, params: dict[str, Any], seed: int, max_epochs: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["cost", "quality", "offset"], default="cost",
-                        help="offset: the quality bench for BCE and gBCE with logit_offset, against full CE")
+    parser.add_argument(
+        "--part",
+        choices=["cost", "quality", "offset"],
+        default="cost",
+        help="offset: the quality bench for BCE and gBCE with logit_offset, against full CE",
+    )
     parser.add_argument("--cell", nargs=2, metavar=("LOSS", "ITEMS"), help="internal: measure one cell")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per cell (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=1)

@@ -135,9 +135,7 @@ class SequentialRecommender(RankingModule):
         self.loss_chunk_size = loss_chunk_size
         self.logit_offset: nn.Parameter | None = None
         if logit_offset:
-            beta = (
-                gbce_beta(num_negatives, encoder.num_items, gbce_calibration) if loss == "gbce" else 1.0
-            )
+            beta = gbce_beta(num_negatives, encoder.num_items, gbce_calibration) if loss == "gbce" else 1.0
             self.logit_offset = nn.Parameter(torch.tensor(uninformed_logit(num_negatives, beta)))
         # Training popularity for the sampled softmax's logQ correction: data, not weights, so it is
         # not saved (a model loaded for inference never needs it; training sets it again at fit).
