@@ -7,6 +7,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from huggingface_hub import constants
@@ -85,3 +86,19 @@ def hub_token() -> str:
     Implicit tokens are off inside ``hub_endpoint``; the local Hub accepts any token.
     """
     return "test-token"
+
+
+class TrainBatchMetrics(L.Callback):
+    """Keeps every training batch's ``train/`` metrics: ``trainer.callback_metrics`` holds the last only."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        self.seen.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+
+
+@pytest.fixture
+def train_batch_metrics() -> TrainBatchMetrics:
+    """A callback to pass to a Trainer; its ``seen`` lists each training batch's logged metrics."""
+    return TrainBatchMetrics()

@@ -44,7 +44,7 @@ def small_data(data_cache) -> SequentialRecDataModule:
     return SequentialRecDataModule(source=source, cache_dir=data_cache, batch_size=64, eval_batch_size=256)
 
 
-def test_all_three_stages_train_without_nan_and_beat_most_popular(small_data):
+def test_all_three_stages_train_without_nan_and_beat_most_popular(small_data, train_batch_metrics):
     torch.manual_seed(0)
     popular = MostPopular(num_items=small_data.num_items)
     popular.set_counts(small_data.item_popularity())
@@ -58,13 +58,9 @@ def test_all_three_stages_train_without_nan_and_beat_most_popular(small_data):
         group_size=4,
         learning_rate=3e-3,
     )
-    seen: list[dict[str, float]] = []
-
-    class Record(L.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            seen.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
-
-    _trainer(max_epochs=12, check_val_every_n_epoch=100, callbacks=[Record()]).fit(model, small_data)
+    trainer = _trainer(max_epochs=12, check_val_every_n_epoch=100, callbacks=[train_batch_metrics])
+    trainer.fit(model, small_data)
+    seen = train_batch_metrics.seen
     assert all(math.isfinite(v) for step in seen for v in step.values())
     assert any("train/grpo_clip_fraction" in step for step in seen), "GRPO never ran"
     assert seen[-1]["train/diffusion_loss"] < seen[0]["train/diffusion_loss"]

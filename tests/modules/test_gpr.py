@@ -188,20 +188,12 @@ def test_first_hepo_update_is_the_one_step_loss_on_the_stored_log_probs(tmp_path
     assert logs["train/hepo_clip_fraction"].item() > 0
 
 
-class _Collect(L.Callback):
-    def __init__(self):
-        self.metrics = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.metrics.append({name: float(value) for name, value in trainer.callback_metrics.items()})
-
-
-def test_hepo_stage_takes_ppo_epochs_manual_steps_per_batch_and_clips(tmp_path):
+def test_hepo_stage_takes_ppo_epochs_manual_steps_per_batch_and_clips(tmp_path, train_batch_metrics):
     datamodule = _datamodule(tmp_path)
     model = _model(
         tmp_path, stage="hepo", ppo_epochs=3, num_minibatches=2, clip_epsilon=0.05, learning_rate=0.02
     )
-    collect = _Collect()
+    collect = train_batch_metrics
     trainer = L.Trainer(
         max_steps=12,
         limit_val_batches=0,
@@ -214,10 +206,10 @@ def test_hepo_stage_takes_ppo_epochs_manual_steps_per_batch_and_clips(tmp_path):
     )
     before = {name: value.clone() for name, value in model.decoder.state_dict().items()}
     trainer.fit(model, datamodule=datamodule)
-    assert trainer.global_step == 12 and len(collect.metrics) == 2  # 3 epochs x 2 minibatches per batch
-    assert all(entry["train/hepo_updates"] == 6 for entry in collect.metrics)
-    assert all(entry["train/hepo_ratio_max"] > 1 for entry in collect.metrics)
-    assert max(entry["train/hepo_clip_fraction"] for entry in collect.metrics) > 0
+    assert trainer.global_step == 12 and len(collect.seen) == 2  # 3 epochs x 2 minibatches per batch
+    assert all(entry["train/hepo_updates"] == 6 for entry in collect.seen)
+    assert all(entry["train/hepo_ratio_max"] > 1 for entry in collect.seen)
+    assert max(entry["train/hepo_clip_fraction"] for entry in collect.seen) > 0
     assert not torch.equal(
         before["value_heads.0.2.weight"], model.decoder.state_dict()["value_heads.0.2.weight"]
     )

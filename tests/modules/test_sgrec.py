@@ -132,19 +132,14 @@ def test_judge_scores_come_from_the_cache_after_the_first_pass(data, evidence, t
     assert fresh_counting.pairs_scored == 0
 
 
-def test_judge_rate_scores_only_that_share_of_requests(data, evidence, tmp_path):
+def test_judge_rate_scores_only_that_share_of_requests(data, evidence, tmp_path, train_batch_metrics):
     torch.manual_seed(0)
     counting = CountingEvidence(evidence)
     model = _model(data, counting, "", stage="policy", group_size=4, judge_rate=0.25, kl_coef=0.1,
                    ppo_epochs=4, num_minibatches=2, learning_rate=1e-2, anchor_weight=0.1)  # fmt: skip
-    seen: list[dict[str, float]] = []
-
-    class Record(L.Callback):  # every batch's diagnostics: callback_metrics keeps only the last batch's
-        def on_train_batch_end(self, trainer, *args):
-            seen.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
-
-    trainer = _trainer(max_epochs=1, limit_val_batches=0, callbacks=[Record()])
+    trainer = _trainer(max_epochs=1, limit_val_batches=0, callbacks=[train_batch_metrics])
     trainer.fit(model, data)
+    seen = train_batch_metrics.seen  # every batch's diagnostics
     requests = len(window_users(data.data, data.max_len))  # one request per training window
     share = len(set(counting.contexts_scored)) / requests
     assert 0.15 < share < 0.35
