@@ -193,7 +193,6 @@ def test_hepo_stage_takes_ppo_epochs_manual_steps_per_batch_and_clips(tmp_path, 
     model = _model(
         tmp_path, stage="hepo", ppo_epochs=3, num_minibatches=2, clip_epsilon=0.05, learning_rate=0.02
     )
-    collect = train_batch_metrics
     trainer = L.Trainer(
         max_steps=12,
         limit_val_batches=0,
@@ -202,14 +201,15 @@ def test_hepo_stage_takes_ppo_epochs_manual_steps_per_batch_and_clips(tmp_path, 
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=str(tmp_path),
-        callbacks=[collect],
+        callbacks=[train_batch_metrics],
     )
     before = {name: value.clone() for name, value in model.decoder.state_dict().items()}
     trainer.fit(model, datamodule=datamodule)
-    assert trainer.global_step == 12 and len(collect.seen) == 2  # 3 epochs x 2 minibatches per batch
-    assert all(entry["train/hepo_updates"] == 6 for entry in collect.seen)
-    assert all(entry["train/hepo_ratio_max"] > 1 for entry in collect.seen)
-    assert max(entry["train/hepo_clip_fraction"] for entry in collect.seen) > 0
+    seen = train_batch_metrics.seen
+    assert trainer.global_step == 12 and len(seen) == 2  # 3 epochs x 2 minibatches per batch
+    assert all(entry["train/hepo_updates"] == 6 for entry in seen)
+    assert all(entry["train/hepo_ratio_max"] > 1 for entry in seen)
+    assert max(entry["train/hepo_clip_fraction"] for entry in seen) > 0
     assert not torch.equal(
         before["value_heads.0.2.weight"], model.decoder.state_dict()["value_heads.0.2.weight"]
     )
