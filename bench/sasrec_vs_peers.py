@@ -330,7 +330,7 @@ def derive_tables(result: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     threads = result.get("info", {}).get("threads_per_row", 1)
     return [
-        *target_table(result),
+        *target_table(rows[OURS]["per_seed"] if OURS in rows else [], base),
         {
             "title": "Time to converge: to the end of the best-validation epoch, validation included (mean "
             "over seeds), and RecBole's time over the row's per seed (min – max). Wall time is what a "
@@ -351,23 +351,20 @@ def derive_tables(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def target_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+def target_table(ours: list[dict[str, Any]], recbole: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 11's item 3 per seed: ours against RecBole's same-run test NDCG@10 and its time to best.
 
     Quality is met when our test NDCG@10 is at least RecBole's on that seed; time when RecBole's wall
     time to its best-validation epoch is at least ``TIME_TARGET`` times ours. The last row counts the
-    seeds that met each target. Empty until both rows share a seed.
+    seeds that met each target. ``ours`` is our row's per-seed runs, ``recbole`` RecBole's by seed.
+    Empty until both rows share a seed.
     """
-    rows = result["rows"]
-    if OURS not in rows or RECBOLE not in rows:
-        return []
-    base = {run["seed"]: run for run in rows[RECBOLE]["per_seed"]}
-    runs = sorted((run for run in rows[OURS]["per_seed"] if run["seed"] in base), key=lambda r: r["seed"])
+    runs = sorted((run for run in ours if run["seed"] in recbole), key=lambda r: r["seed"])
     if not runs:
         return []
     table, quality_met, time_met = [], 0, 0
     for run in runs:
-        peer = base[run["seed"]]
+        peer = recbole[run["seed"]]
         ours_q, peer_q = run["test"]["ndcg@10"], peer["test"]["ndcg@10"]
         ratio = peer["extra"]["time_to_best_s"] / run["extra"]["time_to_best_s"]
         quality_met += ours_q >= peer_q
